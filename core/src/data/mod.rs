@@ -1,0 +1,15 @@
+//! Reading bird photos from disk: the CUB-200-2011 layout, the few-shot class split, the
+//! preprocessing that turns a photo into a network input, and the store of decoded images that
+//! training and evaluation sample from.
+
+mod cub;
+mod preprocess;
+mod store;
+
+pub use cub::{ClassEntry, DataError, Dataset, Split, display_class_name};
+pub use preprocess::{
+    IMAGENET_MEAN, IMAGENET_STD, ImageSize, PreprocessError, crop_for_model, decode_image,
+    load_photo, write_normalized_chw,
+};
+pub(crate) use store::write_atomically;
+pub use store::{ImageStore, LoadOptions, LoadReport, SkippedImage};

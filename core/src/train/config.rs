@@ -1,0 +1,351 @@
+//! The training configuration: a TOML file whose every field has a default.
+
+use crate::data::ImageSize;
+use crate::episodes::EpisodeShape;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Errors raised while reading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("invalid config value {field} = {value}: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Everything that defines a training run. Unknown keys are errors, so a typo cannot silently
+/// fall back to a default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seed of weight initialisation and of training episodes.
+    pub seed: u64,
+    pub model: ModelSection,
+    pub episodes: EpisodeShape,
+    pub optimizer: OptimizerSection,
+    pub schedule: LrSchedule,
+    pub training: TrainingSection,
+    pub validation: ValidationSection,
+}
+
+/// The network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Backbone name; `conv4` is the one implemented.
+    pub backbone: String,
+    /// Input side in pixels: 84 or 224.
+    pub image_size: ImageSize,
+}
+
+/// Adam's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSection {
+    /// Learning rate before the schedule is applied.
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    pub amsgrad: bool,
+}
+
+/// How the learning rate changes over epochs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LrSchedule {
+    /// The base learning rate throughout.
+    Constant,
+    /// The rate is multiplied by `gamma` at the start of each epoch listed in `milestones`
+    /// (0-based).
+    Step { milestones: Vec<usize>, gamma: f64 },
+    /// Cosine decay from the base rate to `min_lr` over all epochs, updated every episode.
+    Cosine { min_lr: f64 },
+}
+
+/// The training loop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSection {
+    pub epochs: usize,
+    pub episodes_per_epoch: usize,
+    /// Mirror each training image left to right with probability 0.5.
+    pub flip: bool,
+}
+
+/// Validation after every epoch, on episodes that are the same for every epoch and every run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationSection {
+    pub episodes: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 0,
+            model: ModelSection::default(),
+            episodes: EpisodeShape::default(),
+            optimizer: OptimizerSection::default(),
+            schedule: LrSchedule::default(),
+            training: TrainingSection::default(),
+            validation: ValidationSection::default(),
+        }
+    }
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            backbone: "conv4".to_string(),
+            image_size: ImageSize::S84,
+        }
+    }
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        OptimizerSection {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            amsgrad: true,
+        }
+    }
+}
+
+impl Default for LrSchedule {
+    fn default() -> Self {
+        LrSchedule::Step {
+            milestones: vec![5],
+            gamma: 0.1,
+        }
+    }
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        TrainingSection {
+            epochs: 10,
+            episodes_per_epoch: 1000,
+            flip: true,
+        }
+    }
+}
+
+impl Default for ValidationSection {
+    fn default() -> Self {
+        ValidationSection {
+            episodes: 100,
+            seed: 123,
+        }
+    }
+}
+
+impl LrSchedule {
+    /// Returns the learning rate at `progress` epochs into training (for example 2.5 is the
+    /// middle of the third epoch) for a run of `epochs` epochs.
+    pub fn learning_rate(&self, base: f64, progress: f64, epochs: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::Step { milestones, gamma } => {
+                let epoch = progress.floor() as usize;
+                let passed = milestones.iter().filter(|&&m| m <= epoch).count();
+                base * gamma.powi(passed as i32)
+            }
+            LrSchedule::Cosine { min_lr } => {
+                let fraction = (progress / epochs.max(1) as f64).clamp(0.0, 1.0);
+                min_lr + 0.5 * (base - min_lr) * (1.0 + (std::f64::consts::PI * fraction).cos())
+            }
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML file; keys it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<TrainConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<TrainConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Returns the configuration as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configuration serialises to TOML")
+    }
+
+    /// Checks values that parse but cannot be trained with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, value: String, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                value,
+                reason: reason.to_string(),
+            })
+        };
+        if self.model.backbone != "conv4" {
+            return invalid(
+                "model.backbone",
+                self.model.backbone.clone(),
+                "expected conv4",
+            );
+        }
+        if self.model.image_size != ImageSize::S84 {
+            return invalid(
+                "model.image_size",
+                self.model.image_size.pixels().to_string(),
+                "the conv4 backbone takes 84x84 inputs",
+            );
+        }
+        if self.episodes.n_way < 2 {
+            return invalid(
+                "episodes.n_way",
+                self.episodes.n_way.to_string(),
+                "must be at least 2",
+            );
+        }
+        if self.episodes.n_shot == 0 {
+            return invalid("episodes.n_shot", "0".into(), "must be at least 1");
+        }
+        if self.episodes.n_query == 0 {
+            return invalid("episodes.n_query", "0".into(), "must be at least 1");
+        }
+        if !(self.optimizer.lr.is_finite() && self.optimizer.lr > 0.0) {
+            return invalid(
+                "optimizer.lr",
+                self.optimizer.lr.to_string(),
+                "must be a positive number",
+            );
+        }
+        if !(self.optimizer.epsilon.is_finite() && self.optimizer.epsilon > 0.0) {
+            return invalid(
+                "optimizer.epsilon",
+                self.optimizer.epsilon.to_string(),
+                "must be a positive number",
+            );
+        }
+        for (field, beta) in [
+            ("optimizer.beta1", self.optimizer.beta1),
+            ("optimizer.beta2", self.optimizer.beta2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                return invalid(field, beta.to_string(), "must be in [0, 1)");
+            }
+        }
+        if self.training.epochs == 0 {
+            return invalid("training.epochs", "0".into(), "must be at least 1");
+        }
+        if self.training.episodes_per_epoch == 0 {
+            return invalid(
+                "training.episodes_per_epoch",
+                "0".into(),
+                "must be at least 1",
+            );
+        }
+        if self.validation.episodes == 0 {
+            return invalid("validation.episodes", "0".into(), "must be at least 1");
+        }
+        match &self.schedule {
+            LrSchedule::Step { gamma, .. } if !(gamma.is_finite() && *gamma > 0.0) => invalid(
+                "schedule.gamma",
+                gamma.to_string(),
+                "must be a positive number",
+            ),
+            LrSchedule::Cosine { min_lr } if !(min_lr.is_finite() && *min_lr >= 0.0) => invalid(
+                "schedule.min_lr",
+                min_lr.to_string(),
+                "must be zero or positive",
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_official_recipe() {
+        let config = TrainConfig::default();
+        assert_eq!(config.optimizer.lr, 1e-3);
+        assert_eq!(config.optimizer.epsilon, 1e-8);
+        assert!(config.optimizer.amsgrad);
+        assert_eq!(config.training.epochs, 10);
+        assert_eq!(config.validation.seed, 123);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let mut config = TrainConfig::default();
+        config.schedule = LrSchedule::Cosine { min_lr: 1e-5 };
+        config.training.epochs = 3;
+        let parsed = TrainConfig::from_toml(&config.to_toml()).unwrap();
+        assert_eq!(parsed, config);
+    }
+
+    #[test]
+    fn partial_file_keeps_defaults() {
+        let config = TrainConfig::from_toml("seed = 9\n[training]\nepochs = 2\n").unwrap();
+        assert_eq!(config.seed, 9);
+        assert_eq!(config.training.epochs, 2);
+        assert_eq!(config.training.episodes_per_epoch, 1000);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let error = TrainConfig::from_toml("[training]\nepoch = 2\n").unwrap_err();
+        assert!(error.contains("epoch"), "{error}");
+    }
+
+    #[test]
+    fn invalid_values_name_field() {
+        let mut config = TrainConfig::default();
+        config.optimizer.lr = -1.0;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("optimizer.lr = -1"), "{message}");
+    }
+
+    #[test]
+    fn step_schedule_drops_at_milestone() {
+        let schedule = LrSchedule::Step {
+            milestones: vec![5],
+            gamma: 0.1,
+        };
+        assert_eq!(schedule.learning_rate(1e-3, 4.99, 10), 1e-3);
+        assert!((schedule.learning_rate(1e-3, 5.0, 10) - 1e-4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cosine_schedule_ends_at_min() {
+        let schedule = LrSchedule::Cosine { min_lr: 1e-5 };
+        assert!((schedule.learning_rate(1e-3, 0.0, 4) - 1e-3).abs() < 1e-12);
+        assert!((schedule.learning_rate(1e-3, 4.0, 4) - 1e-5).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,151 @@
+//! Scoring a model on fixed-seed episodes: mean accuracy and its 95% confidence interval.
+
+use super::progress::Progress;
+use crate::data::{ImageStore, Split};
+use crate::episodes::{Episode, EpisodeSampler};
+use crate::model::{Conv4, accuracy, prototypes, query_logits};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Which episodes to score.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub split: Split,
+    pub episodes: usize,
+    pub seed: u64,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            split: Split::Novel,
+            episodes: 600,
+            seed: 123,
+        }
+    }
+}
+
+/// The result of an evaluation. Accuracies are in percent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalSummary {
+    pub accuracy: f64,
+    pub ci95: f64,
+    pub episodes: usize,
+    pub split: Split,
+    pub seed: u64,
+    pub n_way: usize,
+    pub n_shot: usize,
+    pub n_query: usize,
+    /// The epoch of the evaluated checkpoint.
+    pub checkpoint_epoch: usize,
+    pub device: String,
+    pub seconds: f64,
+    /// Accuracy of every episode in percent, in episode order.
+    pub per_episode: Vec<f64>,
+}
+
+/// Returns the mean and the half-width of the 95% confidence interval, `1.96 * std /
+/// sqrt(n)` with the population standard deviation, of `values`.
+pub fn mean_and_ci95(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    (mean, 1.96 * variance.sqrt() / n.sqrt())
+}
+
+/// Computes the query logits of one episode, row-major `[n_query_total, n_way]`.
+///
+/// `model` must be in evaluation mode (see [`Module::valid`]) and `device` a plain device, so
+/// BatchNorm uses its running statistics.
+pub fn episode_logits(
+    model: &Conv4,
+    store: &ImageStore,
+    episode: &Episode,
+    n_way: usize,
+    device: &Device,
+) -> Vec<f32> {
+    let side = store.size.pixels() as usize;
+    let count = episode.support.len() + episode.query.len();
+    let images = Tensor::<4>::from_data(
+        TensorData::new(episode.images(store), [count, 3, side, side]),
+        device,
+    );
+
+    let embeddings = model.forward(images);
+    let support = embeddings.clone().narrow(0, 0, episode.support.len());
+    let queries = embeddings.narrow(0, episode.support.len(), episode.query.len());
+    let protos = prototypes(support, n_way);
+    let logits = query_logits(queries, protos);
+
+    logits
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("logits are f32")
+}
+
+/// Scores `model` on episodes `0..count` of `sampler` and returns each episode's accuracy in
+/// percent.
+pub fn evaluate_episodes(
+    model: &Conv4,
+    store: &ImageStore,
+    sampler: &EpisodeSampler,
+    count: usize,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Vec<f64> {
+    let shape = sampler.shape();
+    let mut accuracies = Vec::with_capacity(count);
+    for index in 0..count {
+        let episode = sampler.episode(index as u64, false);
+        let logits = episode_logits(model, store, &episode, shape.n_way, device);
+        let labels = episode.query_labels(&shape);
+        accuracies.push(100.0 * accuracy(&logits, &labels, shape.n_way));
+        progress.advance(1);
+        if index % 10 == 9 {
+            let (mean, ci) = mean_and_ci95(&accuracies);
+            progress.set_message(&format!("acc {mean:.2}% ± {ci:.2}"));
+        }
+    }
+    accuracies
+}
+
+/// Scores `model` on `options.episodes` episodes of `store` drawn with `options.seed`.
+pub fn evaluate(
+    model: &Conv4,
+    store: &ImageStore,
+    shape: crate::episodes::EpisodeShape,
+    options: &EvalOptions,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<(Vec<f64>, f64, f64), crate::data::DataError> {
+    let sampler = EpisodeSampler::new(store, options.split, shape, options.seed)?;
+    progress.begin(&format!("eval {}", options.split), options.episodes as u64);
+    let model = model.valid();
+    let accuracies = evaluate_episodes(&model, store, &sampler, options.episodes, device, progress);
+    progress.finish();
+    let (mean, ci95) = mean_and_ci95(&accuracies);
+    Ok((accuracies, mean, ci95))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_uses_population_std() {
+        // Values 0 and 100: mean 50, population std 50, so ci = 1.96 * 50 / sqrt(2).
+        let (mean, ci) = mean_and_ci95(&[0.0, 100.0]);
+        assert_eq!(mean, 50.0);
+        assert!((ci - 1.96 * 50.0 / 2f64.sqrt()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn constant_values_have_zero_ci() {
+        let (mean, ci) = mean_and_ci95(&[40.0; 600]);
+        assert_eq!(mean, 40.0);
+        assert_eq!(ci, 0.0);
+    }
+}

@@ -1,0 +1,15 @@
+//! Episodic training, evaluation and run folders.
+
+mod checkpoint;
+mod config;
+mod eval;
+mod progress;
+mod run;
+mod trainer;
+
+pub use checkpoint::{CheckpointError, load_model};
+pub use config::{ConfigError, LrSchedule, TrainConfig};
+pub use eval::{EvalOptions, EvalSummary, evaluate, evaluate_episodes, mean_and_ci95};
+pub use progress::{NoProgress, Progress};
+pub use run::{RunError, RunFolder, RunInfo};
+pub use trainer::{EpochMetrics, TrainError, TrainOptions, train};

@@ -1,0 +1,350 @@
+//! The episodic training loop of ProtoNet with a Conv4 backbone.
+//!
+//! Each epoch runs `episodes_per_epoch` training episodes, then scores the model on fixed-seed
+//! validation episodes, saves a checkpoint and appends a line to `metrics.jsonl`. Training an
+//! existing run folder resumes after its newest checkpoint, so an interruption loses at most
+//! the epoch in progress.
+
+use super::checkpoint::{
+    CheckpointError, checkpoint_name, load_model, load_optimizer, load_state, prune_checkpoints,
+    save_checkpoint,
+};
+use super::config::TrainConfig;
+use super::eval::{evaluate_episodes, mean_and_ci95};
+use super::progress::Progress;
+use super::run::{BestEpoch, RunError, RunFolder, to_json_pretty, write_file};
+use crate::data::{DataError, ImageStore, Split};
+use crate::episodes::{Episode, EpisodeSampler};
+use crate::model::{Conv4, Conv4Config, accuracy, protonet_loss, prototypes, query_logits};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+/// Errors that stop training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(
+        "the training loss became {value} at epoch {epoch}, episode {episode}; training stopped and the last good checkpoint ({last_checkpoint}) is kept. Lower the learning rate (--lr) and run the same command to resume"
+    )]
+    NonFiniteLoss {
+        value: f32,
+        epoch: usize,
+        episode: usize,
+        last_checkpoint: String,
+    },
+}
+
+/// Metrics of one finished epoch, as written to `metrics.jsonl`. Accuracies are in percent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_accuracy: f64,
+    pub val_ci95: f64,
+    /// Learning rate at the start of the epoch.
+    pub lr: f64,
+    pub train_seconds: f64,
+    pub val_seconds: f64,
+    pub train_episodes_per_second: f64,
+}
+
+/// What a checkpoint records besides weights and optimizer state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct TrainerState {
+    pub epochs_done: usize,
+    pub history: Vec<EpochMetrics>,
+    pub best: Option<BestEpoch>,
+}
+
+/// Inputs of [`train`] besides the configuration.
+pub struct TrainOptions<'a> {
+    pub run: &'a RunFolder,
+    /// The device to train on, without autodiff (it is added here).
+    pub device: &'a Device,
+    /// Photos of the base classes.
+    pub base: Arc<ImageStore>,
+    /// Photos of the validation classes.
+    pub val: &'a ImageStore,
+    pub progress: &'a dyn Progress,
+}
+
+/// What happened in a call to [`train`].
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    /// Epoch the run resumed after (0 for a fresh run).
+    pub resumed_from: usize,
+    pub history: Vec<EpochMetrics>,
+    pub best: Option<BestEpoch>,
+}
+
+/// Trains until `config.training.epochs` epochs are done, resuming from the run's newest
+/// checkpoint if it has one.
+///
+/// # Errors
+/// Too few classes or images for the episode shape (raised before the first step), a loss that
+/// is NaN or infinite, and failures to write the run folder.
+pub fn train(config: &TrainConfig, options: TrainOptions<'_>) -> Result<TrainOutcome, TrainError> {
+    let TrainOptions {
+        run,
+        device,
+        base,
+        val,
+        progress,
+    } = options;
+    let shape = config.episodes;
+    let train_sampler = EpisodeSampler::new(&base, Split::Base, shape, config.seed)?;
+    let val_sampler = EpisodeSampler::new(val, Split::Val, shape, config.validation.seed)?;
+
+    let train_device = device.clone().autodiff();
+    let plain_device = device.clone();
+    let adam = AdamConfig::new()
+        .with_beta_1(config.optimizer.beta1 as f32)
+        .with_beta_2(config.optimizer.beta2 as f32)
+        .with_epsilon(config.optimizer.epsilon as f32)
+        .with_amsgrad(config.optimizer.amsgrad);
+    let mut optimizer = adam.init();
+
+    let (mut model, mut state) = match run.latest_checkpoint()? {
+        Some((_, dir)) => {
+            let state = load_state(&dir)?;
+            let model = load_model(&dir, &train_device)?;
+            optimizer = load_optimizer(&dir, optimizer)?;
+            log::info!(
+                "resuming after epoch {} from {}",
+                state.epochs_done,
+                dir.display()
+            );
+            (model, state)
+        }
+        None => {
+            train_device.seed(config.seed);
+            let model = Conv4Config::new().init(&train_device);
+            let state = TrainerState {
+                epochs_done: 0,
+                history: Vec::new(),
+                best: None,
+            };
+            (model, state)
+        }
+    };
+    let resumed_from = state.epochs_done;
+    // A crash between writing a checkpoint and the metrics file leaves the metrics behind;
+    // the checkpoint's own history is authoritative.
+    rewrite_metrics(run, &state.history)?;
+
+    for epoch in state.epochs_done..config.training.epochs {
+        let lr_at_start = config.schedule.learning_rate(
+            config.optimizer.lr,
+            epoch as f64,
+            config.training.epochs,
+        );
+        progress.begin(
+            &format!("epoch {}/{}", epoch + 1, config.training.epochs),
+            config.training.episodes_per_epoch as u64,
+        );
+        let started = Instant::now();
+        let (next_model, loss, accuracy) = train_epoch(
+            config,
+            epoch,
+            model,
+            &mut optimizer,
+            &train_sampler,
+            &base,
+            &train_device,
+            progress,
+            &state,
+        )?;
+        model = next_model;
+        let train_seconds = started.elapsed().as_secs_f64();
+        progress.finish();
+
+        progress.begin("validation", config.validation.episodes as u64);
+        let started = Instant::now();
+        let eval_model = model.valid();
+        let accuracies = evaluate_episodes(
+            &eval_model,
+            val,
+            &val_sampler,
+            config.validation.episodes,
+            &plain_device,
+            progress,
+        );
+        let (val_accuracy, val_ci95) = mean_and_ci95(&accuracies);
+        let val_seconds = started.elapsed().as_secs_f64();
+        progress.finish();
+
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: loss,
+            train_accuracy: accuracy,
+            val_accuracy,
+            val_ci95,
+            lr: lr_at_start,
+            train_seconds,
+            val_seconds,
+            train_episodes_per_second: config.training.episodes_per_epoch as f64 / train_seconds,
+        };
+        log::info!(
+            "epoch {}: loss {:.4}, train acc {:.2}%, val acc {:.2}% ± {:.2}, {:.2} episodes/s",
+            metrics.epoch,
+            metrics.train_loss,
+            metrics.train_accuracy,
+            metrics.val_accuracy,
+            metrics.val_ci95,
+            metrics.train_episodes_per_second
+        );
+
+        state.epochs_done = epoch + 1;
+        state.history.push(metrics);
+        let improved = state
+            .best
+            .as_ref()
+            .is_none_or(|best| val_accuracy > best.val_accuracy);
+        if improved {
+            state.best = Some(BestEpoch {
+                epoch: epoch + 1,
+                val_accuracy,
+                val_ci95,
+                checkpoint: format!("checkpoints/{}", checkpoint_name(epoch + 1)),
+            });
+        }
+
+        save_checkpoint(run, &model, &optimizer, &state)?;
+        rewrite_metrics(run, &state.history)?;
+        if let Some(best) = &state.best {
+            write_file(&run.best_path(), &to_json_pretty(best))?;
+        }
+        let mut keep = vec![checkpoint_name(state.epochs_done)];
+        if let Some(best) = &state.best {
+            keep.push(checkpoint_name(best.epoch));
+        }
+        prune_checkpoints(run, &keep);
+    }
+
+    Ok(TrainOutcome {
+        resumed_from,
+        history: state.history,
+        best: state.best,
+    })
+}
+
+/// Runs one epoch of training episodes and returns the updated model with the mean loss and
+/// mean training accuracy (percent).
+#[allow(clippy::too_many_arguments)]
+fn train_epoch(
+    config: &TrainConfig,
+    epoch: usize,
+    mut model: Conv4,
+    optimizer: &mut ModuleOptimizer,
+    sampler: &EpisodeSampler,
+    store: &Arc<ImageStore>,
+    device: &Device,
+    progress: &dyn Progress,
+    state: &TrainerState,
+) -> Result<(Conv4, f64, f64), TrainError> {
+    let shape = config.episodes;
+    let per_epoch = config.training.episodes_per_epoch;
+    let side = store.size.pixels() as usize;
+    let first_index = (epoch * per_epoch) as u64;
+
+    // Episodes are assembled on a second thread while the model computes.
+    let (sender, receiver) = sync_channel::<(Episode, Vec<f32>)>(2);
+    let producer_sampler = sampler.clone();
+    let producer_store = Arc::clone(store);
+    let flip = config.training.flip;
+    let producer = std::thread::spawn(move || {
+        for index in 0..per_epoch as u64 {
+            let episode = producer_sampler.episode(first_index + index, flip);
+            let images = episode.images(&producer_store);
+            if sender.send((episode, images)).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut loss_sum = 0.0;
+    let mut accuracy_sum = 0.0;
+    for step in 0..per_epoch {
+        let (episode, images) = receiver.recv().expect("episode producer thread stopped");
+        let progress_in_epochs = epoch as f64 + step as f64 / per_epoch as f64;
+        let lr = config.schedule.learning_rate(
+            config.optimizer.lr,
+            progress_in_epochs,
+            config.training.epochs,
+        );
+
+        let count = episode.support.len() + episode.query.len();
+        let images =
+            Tensor::<4>::from_data(TensorData::new(images, [count, 3, side, side]), device);
+        let labels = episode.query_labels(&shape);
+        let label_tensor =
+            Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [labels.len()]), device);
+
+        let embeddings = model.forward(images);
+        let support = embeddings.clone().narrow(0, 0, episode.support.len());
+        let queries = embeddings.narrow(0, episode.support.len(), episode.query.len());
+        let logits = query_logits(queries, prototypes(support, shape.n_way));
+        let loss = protonet_loss(logits.clone(), label_tensor);
+
+        let loss_value = loss.clone().into_scalar::<f32>();
+        if !loss_value.is_finite() {
+            drop(receiver);
+            let _ = producer.join();
+            let last_checkpoint = match state.epochs_done {
+                0 => "none: no epoch had finished".to_string(),
+                done => format!("checkpoints/{}", checkpoint_name(done)),
+            };
+            return Err(TrainError::NonFiniteLoss {
+                value: loss_value,
+                epoch: epoch + 1,
+                episode: step + 1,
+                last_checkpoint,
+            });
+        }
+        let logits_values = logits
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("logits are f32");
+        let episode_accuracy = 100.0 * accuracy(&logits_values, &labels, shape.n_way);
+
+        let gradients = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(lr, model, gradients);
+
+        loss_sum += loss_value as f64;
+        accuracy_sum += episode_accuracy;
+        progress.advance(1);
+        let done = (step + 1) as f64;
+        progress.set_message(&format!(
+            "loss {:.3} acc {:.1}%",
+            loss_sum / done,
+            accuracy_sum / done
+        ));
+    }
+    producer.join().expect("episode producer thread panicked");
+    Ok((
+        model,
+        loss_sum / per_epoch as f64,
+        accuracy_sum / per_epoch as f64,
+    ))
+}
+
+/// Writes `metrics.jsonl` with one line per epoch of `history`.
+fn rewrite_metrics(run: &RunFolder, history: &[EpochMetrics]) -> Result<(), RunError> {
+    let mut text = String::new();
+    for metrics in history {
+        text.push_str(&serde_json::to_string(metrics).expect("metrics serialise"));
+        text.push('\n');
+    }
+    write_file(&run.metrics_path(), text.as_bytes())
+}

@@ -1,0 +1,166 @@
+//! Helpers shared by the subcommands: devices, image loading with progress, cache folders.
+
+use crate::progress::Bars;
+use anyhow::{Context, Result};
+use metairnet::data::{Dataset, ImageSize, ImageStore, LoadOptions, Split};
+use metairnet::device::{DeviceChoice, SelectedDevice, select_device};
+use metairnet::train::Progress;
+use std::path::{Path, PathBuf};
+
+/// Options for reading photos, shared by `train` and `eval`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Dataset folder: CUB_200_2011 (with images/ and classes.txt), its parent, or a folder with
+    /// one subfolder of photos per class.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+
+    /// Leave out missing or undecodable photos instead of stopping, and report how many.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+
+    /// Folder for decoded photos, so later runs skip JPEG decoding [default:
+    /// $XDG_CACHE_HOME/metairnet or ~/.cache/metairnet].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Keep decoded photos in memory only.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+}
+
+impl DataArgs {
+    fn cache_dir(&self) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        if let Some(dir) = &self.cache_dir {
+            return Some(dir.clone());
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+        Some(base.join("metairnet").join("images"))
+    }
+
+    /// Opens the dataset and decodes the photos of `split`.
+    pub fn load_split(&self, split: Split, size: ImageSize, bars: &Bars) -> Result<ImageStore> {
+        let dataset = Dataset::open(&self.data)?;
+        load_split(&dataset, split, size, self, bars)
+    }
+}
+
+/// Decodes the photos of one split with a progress bar and reports skipped files.
+pub fn load_split(
+    dataset: &Dataset,
+    split: Split,
+    size: ImageSize,
+    args: &DataArgs,
+    bars: &Bars,
+) -> Result<ImageStore> {
+    let subset = dataset.split(split);
+    let options = LoadOptions {
+        skip_bad_images: args.skip_bad_images,
+        cache_dir: args.cache_dir(),
+        threads: 0,
+    };
+    bars.begin(&format!("load {split}"), subset.num_images() as u64);
+    let result = ImageStore::load(&subset, size, &options, &|n| bars.advance(n));
+    bars.finish();
+    let (store, report) = result?;
+    log::info!(
+        "{split} split: {} classes, {} photos{}",
+        store.class_names.len(),
+        store.len(),
+        if report.from_cache {
+            " (from cache)"
+        } else {
+            ""
+        }
+    );
+    if !report.skipped.is_empty() {
+        log::warn!(
+            "skipped {} unusable photos in the {split} split:",
+            report.skipped.len()
+        );
+        for skipped in report.skipped.iter().take(10) {
+            log::warn!("  {}: {}", skipped.path.display(), skipped.reason);
+        }
+        if report.skipped.len() > 10 {
+            log::warn!("  ... and {} more", report.skipped.len() - 10);
+        }
+    }
+    Ok(store)
+}
+
+/// The `--device` option.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Where to compute: auto (a GPU through wgpu when one exists, else the CPU), wgpu (any wgpu
+    /// adapter, software ones included) or cpu.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: DeviceChoice,
+}
+
+impl DeviceArgs {
+    pub fn select(&self) -> Result<SelectedDevice> {
+        let selected = select_device(self.device).map_err(anyhow::Error::msg)?;
+        log::info!("device: {}", selected.description);
+        Ok(selected)
+    }
+}
+
+/// Returns the checkpoint folder that `eval` and `classify` use: the best epoch's, or the
+/// newest one when `last` is set.
+pub fn checkpoint_dir(run: &metairnet::train::RunFolder, last: bool) -> Result<(usize, PathBuf)> {
+    let no_checkpoint = || {
+        anyhow::anyhow!(
+            "run {} has no finished epoch yet; train it first with `metairnet train --run {}`",
+            run.path().display(),
+            run.path().display()
+        )
+    };
+    if !last && let Some(best) = run.best()? {
+        let dir = run.path().join(&best.checkpoint);
+        if dir.is_dir() {
+            return Ok((best.epoch, dir));
+        }
+        log::warn!(
+            "best checkpoint {} is missing; using the newest one",
+            dir.display()
+        );
+    }
+    run.latest_checkpoint()?.ok_or_else(no_checkpoint)
+}
+
+/// Opens a run folder with an error that says what a run folder is.
+pub fn open_run(path: &Path) -> Result<metairnet::train::RunFolder> {
+    metairnet::train::RunFolder::open(path)
+        .with_context(|| format!("cannot use run folder {}", path.display()))
+}
+
+/// Replaces Rust's panic output (a bug report, with a backtrace only when RUST_BACKTRACE is
+/// set) by one line that says what happened.
+pub fn install_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            default_hook(info);
+            return;
+        }
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown cause");
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("internal error{location}: {message}");
+        eprintln!(
+            "This is a bug or a device limit; set RUST_BACKTRACE=1 for details and report it."
+        );
+    }));
+}

@@ -1,0 +1,59 @@
+//! `metairnet`: train, evaluate and apply one-shot bird recognisers from the command line.
+
+mod bench;
+mod classify;
+mod common;
+mod evaluate;
+mod progress;
+mod train;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// One-shot fine-grained image recognition (ProtoNet, MetaIRNet) on bird photos.
+#[derive(Parser, Debug)]
+#[command(name = "metairnet", version, about, long_about = None)]
+struct Cli {
+    /// Print only warnings, errors and results: no progress bars or info messages.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train ProtoNet Conv4 on the base classes of a CUB folder; resume a run folder that exists.
+    Train(train::TrainArgs),
+    /// Score a run's best checkpoint on fixed-seed episodes of a split.
+    Eval(evaluate::EvalArgs),
+    /// Name the species of query photos from one or more support photos per species.
+    Classify(classify::ClassifyArgs),
+    /// Measure training and evaluation episodes per second on each device.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.quiet { "warn" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    common::install_panic_hook();
+
+    let result = match cli.command {
+        Command::Train(args) => train::run(args, cli.quiet),
+        Command::Eval(args) => evaluate::run(args, cli.quiet),
+        Command::Classify(args) => classify::run(args, cli.quiet),
+        Command::Bench(args) => bench::run(args, cli.quiet),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

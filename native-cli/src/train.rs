@@ -1,0 +1,181 @@
+//! `metairnet train`.
+
+use crate::common::{DataArgs, DeviceArgs, load_split};
+use crate::progress::Bars;
+use anyhow::{Context, Result, bail};
+use metairnet::data::{Dataset, Split};
+use metairnet::train::{RunFolder, RunInfo, TrainConfig, TrainOptions, train};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+
+    /// Run folder for the configuration, metrics and checkpoints. If it already holds a run,
+    /// training resumes after its newest checkpoint.
+    #[arg(long, value_name = "DIR")]
+    run: PathBuf,
+
+    /// TOML configuration file; flags below override its values. See assets/configs/.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Number of epochs [config default: 10].
+    #[arg(long)]
+    epochs: Option<usize>,
+
+    /// Training episodes per epoch [config default: 1000].
+    #[arg(long, value_name = "N")]
+    episodes_per_epoch: Option<usize>,
+
+    /// Base learning rate of Adam, before the schedule [config default: 0.001].
+    #[arg(long)]
+    lr: Option<f64>,
+
+    /// Seed of weight initialisation and training episodes [config default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// Classes per episode [config default: 5].
+    #[arg(long)]
+    n_way: Option<usize>,
+
+    /// Support photos per class [config default: 1].
+    #[arg(long)]
+    n_shot: Option<usize>,
+
+    /// Query photos per class [config default: 16].
+    #[arg(long)]
+    n_query: Option<usize>,
+
+    /// Validation episodes after each epoch [config default: 100].
+    #[arg(long, value_name = "N")]
+    val_episodes: Option<usize>,
+
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+impl TrainArgs {
+    /// Applies the flags that were given to `config`.
+    fn apply_overrides(&self, config: &mut TrainConfig) {
+        if let Some(epochs) = self.epochs {
+            config.training.epochs = epochs;
+        }
+        if let Some(count) = self.episodes_per_epoch {
+            config.training.episodes_per_epoch = count;
+        }
+        if let Some(lr) = self.lr {
+            config.optimizer.lr = lr;
+        }
+        if let Some(seed) = self.seed {
+            config.seed = seed;
+        }
+        if let Some(n_way) = self.n_way {
+            config.episodes.n_way = n_way;
+        }
+        if let Some(n_shot) = self.n_shot {
+            config.episodes.n_shot = n_shot;
+        }
+        if let Some(n_query) = self.n_query {
+            config.episodes.n_query = n_query;
+        }
+        if let Some(count) = self.val_episodes {
+            config.validation.episodes = count;
+        }
+    }
+}
+
+pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
+    let bars = Bars::new(quiet);
+    let resuming = RunFolder::exists(&args.run);
+    let config = if resuming {
+        resumed_config(&args)?
+    } else {
+        let mut config = match &args.config {
+            Some(path) => TrainConfig::from_file(path)?,
+            None => TrainConfig::default(),
+        };
+        args.apply_overrides(&mut config);
+        config
+    };
+    config.validate()?;
+
+    let selected = args.device.select()?;
+    let dataset = Dataset::open(&args.data.data)?;
+    let size = config.model.image_size;
+    let base = load_split(&dataset, Split::Base, size, &args.data, &bars)?;
+    let val = load_split(&dataset, Split::Val, size, &args.data, &bars)?;
+
+    let run = if resuming {
+        RunFolder::open(&args.run)?
+    } else {
+        let info = RunInfo::new(config.seed, &args.data.data, &selected.description);
+        let run = RunFolder::create(&args.run, &config, &info)?;
+        log::info!("created run folder {}", args.run.display());
+        run
+    };
+
+    let outcome = train(
+        &config,
+        TrainOptions {
+            run: &run,
+            device: &selected.device,
+            base: Arc::new(base),
+            val: &val,
+            progress: &bars,
+        },
+    )?;
+
+    if outcome.resumed_from >= config.training.epochs {
+        println!(
+            "run {} already finished {} epochs; nothing to do",
+            args.run.display(),
+            config.training.epochs
+        );
+    }
+    if let Some(best) = &outcome.best {
+        println!(
+            "best epoch {}: validation accuracy {:.2}% ± {:.2} ({})",
+            best.epoch,
+            best.val_accuracy,
+            best.val_ci95,
+            args.run.join(&best.checkpoint).display()
+        );
+    }
+    Ok(())
+}
+
+/// Reads the configuration of an existing run. Flags may raise the number of epochs; any other
+/// change would make the run's records describe two different trainings, so it is an error.
+fn resumed_config(args: &TrainArgs) -> Result<TrainConfig> {
+    let run = RunFolder::open(&args.run)?;
+    let stored = run.config()?;
+    let mut requested = match &args.config {
+        Some(path) => TrainConfig::from_file(path)?,
+        None => stored.clone(),
+    };
+    args.apply_overrides(&mut requested);
+
+    let mut comparable = requested.clone();
+    comparable.training.epochs = stored.training.epochs;
+    if comparable != stored {
+        bail!(
+            "run folder {} was started with a different configuration (see its config.toml); only --epochs may change when resuming. Use a new --run folder for other settings",
+            args.run.display()
+        );
+    }
+    if requested.training.epochs != stored.training.epochs {
+        log::info!(
+            "changing the number of epochs from {} to {}",
+            stored.training.epochs,
+            requested.training.epochs
+        );
+        run.write_config(&requested)
+            .context("failed to update config.toml")?;
+    }
+    log::info!("resuming run {}", args.run.display());
+    Ok(requested)
+}

@@ -1,0 +1,428 @@
+//! The `metairnet` binary end to end on real CUB photos (../shared/data/cub50, or
+//! `$METAIRNET_CUB50`): training, resuming after kill -9, evaluation, classification and the
+//! errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn cub50() -> PathBuf {
+    match std::env::var_os("METAIRNET_CUB50") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cub50"),
+    }
+}
+
+fn metairnet(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_metairnet"));
+    command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_BACKTRACE");
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    metairnet(args).output().expect("metairnet starts")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Training flags for a run of a few seconds.
+fn tiny_training(data: &Path, run: &Path, cache: &Path, epochs: &str) -> Vec<String> {
+    [
+        "train",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--data",
+        data.to_str().unwrap(),
+        "--run",
+        run.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--epochs",
+        epochs,
+        "--episodes-per-epoch",
+        "3",
+        "--val-episodes",
+        "3",
+        "--n-query",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// The photos of the class folder whose name starts with `prefix`, sorted.
+fn class_photos(prefix: &str) -> Vec<PathBuf> {
+    let images = cub50().join("CUB_200_2011/images");
+    let folder = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .find(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
+        .unwrap()
+        .path();
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(folder)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    photos.sort();
+    photos
+}
+
+#[test]
+fn train_eval_classify_on_cub50() {
+    let work = tempfile::tempdir().unwrap();
+    let run_dir = work.path().join("run");
+    let cache = work.path().join("cache");
+
+    let output = run(&as_strs(&tiny_training(&cub50(), &run_dir, &cache, "2")));
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("best epoch"),
+        "{}",
+        text(&output)
+    );
+
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(info["seed"], 0);
+    assert!(info["git_commit"].as_str().is_some_and(|c| !c.is_empty()));
+    let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(config.contains("episodes_per_epoch = 3"), "{config}");
+    let metrics = read_lines(&run_dir.join("metrics.jsonl"));
+    assert_eq!(metrics.len(), 2);
+    assert_eq!(metrics[1]["epoch"], 2);
+    assert!(metrics[0]["train_loss"].as_f64().unwrap().is_finite());
+    assert!(run_dir.join("best.json").is_file());
+    assert!(run_dir.join("checkpoints/epoch-0002/model.bpk").is_file());
+
+    let output = run(&[
+        "eval",
+        "--device",
+        "cpu",
+        "--data",
+        cub50().to_str().unwrap(),
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--episodes",
+        "6",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(summary["episodes"], 6);
+    assert_eq!(summary["split"], "novel");
+    let accuracy = summary["accuracy"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&accuracy), "{accuracy}");
+    assert!(summary["ci95"].as_f64().unwrap() >= 0.0);
+    let per_episode_file = PathBuf::from(summary["per_episode_file"].as_str().unwrap());
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(per_episode_file).unwrap()).unwrap();
+    assert_eq!(saved["per_episode"].as_array().unwrap().len(), 6);
+
+    // Support: the first photo of three novel classes; query: a later photo of the second.
+    let support = work.path().join("support");
+    for prefix in ["004.", "008.", "012."] {
+        let photos = class_photos(prefix);
+        let folder = support.join(prefix.trim_end_matches('.'));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(&photos[0], folder.join("1.jpg")).unwrap();
+    }
+    let query = class_photos("008.")[5].clone();
+    let output = run(&[
+        "classify",
+        "--device",
+        "cpu",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--support",
+        support.to_str().unwrap(),
+        "--query",
+        query.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let scores = result["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 3);
+    let total: f64 = scores.iter().map(|pair| pair[1].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-4, "scores sum to {total}");
+    assert!(["004", "008", "012"].contains(&result["predicted"].as_str().unwrap()));
+}
+
+#[test]
+fn training_resumes_after_kill() {
+    let work = tempfile::tempdir().unwrap();
+    let run_dir = work.path().join("run");
+    let cache = work.path().join("cache");
+    let args = tiny_training(&cub50(), &run_dir, &cache, "3");
+
+    let mut child = metairnet(&as_strs(&args))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first_checkpoint = run_dir.join("checkpoints/epoch-0001");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !first_checkpoint.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint after 600 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before its first checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let killed_metrics = read_lines(&run_dir.join("metrics.jsonl"));
+    assert!(
+        !killed_metrics.is_empty() && killed_metrics.len() < 3,
+        "{} epochs before the kill",
+        killed_metrics.len()
+    );
+
+    let output = run(&as_strs(&args));
+    assert!(output.status.success(), "{}", text(&output));
+    let metrics = read_lines(&run_dir.join("metrics.jsonl"));
+    let epochs: Vec<i64> = metrics
+        .iter()
+        .map(|m| m["epoch"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3]);
+    assert_eq!(
+        metrics[0], killed_metrics[0],
+        "the finished epoch is kept as it was"
+    );
+    assert!(run_dir.join("checkpoints/epoch-0003").is_dir());
+}
+
+#[test]
+fn resume_rejects_changed_config() {
+    let work = tempfile::tempdir().unwrap();
+    let run_dir = work.path().join("run");
+    let cache = work.path().join("cache");
+    let output = run(&as_strs(&tiny_training(&cub50(), &run_dir, &cache, "1")));
+    assert!(output.status.success(), "{}", text(&output));
+
+    let mut changed = tiny_training(&cub50(), &run_dir, &cache, "1");
+    changed.extend(["--lr".to_string(), "0.5".to_string()]);
+    let output = run(&as_strs(&changed));
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("only --epochs may change"),
+        "{}",
+        text(&output)
+    );
+}
+
+/// A dataset of class folders built from real photos: `classes` folders of `per_class` photos.
+fn small_dataset(root: &Path, classes: usize, per_class: usize) {
+    let images = cub50().join("CUB_200_2011/images");
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    folders.sort();
+    for folder in folders.iter().take(classes) {
+        let target = root.join(folder.file_name().unwrap());
+        std::fs::create_dir_all(&target).unwrap();
+        let mut photos: Vec<PathBuf> = std::fs::read_dir(folder)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        photos.sort();
+        for photo in photos.iter().take(per_class) {
+            std::fs::copy(photo, target.join(photo.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+fn small_training(data: &Path, run_dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--no-cache",
+        "--data",
+        data.to_str().unwrap(),
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--episodes-per-epoch",
+        "1",
+        "--val-episodes",
+        "1",
+        "--n-way",
+        "3",
+        "--n-query",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn bad_photos_are_named_or_skipped() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    small_dataset(&data, 12, 4);
+    let base_class = data.join("001.Black_footed_Albatross");
+
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "notes.jpg",
+            b"field notes, not a photo".to_vec(),
+            "not a supported image format",
+        ),
+        ("empty.jpg", Vec::new(), "the file is empty"),
+        (
+            "cut.jpg",
+            {
+                let photo = std::fs::read(class_photos("001.")[0].clone()).unwrap();
+                photo[..photo.len() / 2].to_vec()
+            },
+            "truncated",
+        ),
+    ];
+    for (name, bytes, reason) in cases {
+        let bad = base_class.join(name);
+        std::fs::write(&bad, bytes).unwrap();
+        let output = small_training(&data, &work.path().join(format!("run-{name}")), &[]);
+        assert!(!output.status.success(), "{name} was accepted");
+        let message = text(&output);
+        assert!(message.contains(bad.to_str().unwrap()), "{message}");
+        assert!(message.contains(reason), "{message}");
+        assert!(message.contains("--skip-bad-images"), "{message}");
+        assert!(!message.contains("panicked"), "{message}");
+        std::fs::remove_file(&bad).unwrap();
+    }
+
+    std::fs::write(base_class.join("notes.jpg"), b"field notes").unwrap();
+    std::fs::write(base_class.join("empty.jpg"), b"").unwrap();
+    let run_dir = work.path().join("run-skip");
+    let output = small_training(&data, &run_dir, &["--skip-bad-images"]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("skipped 2 unusable photos"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn small_class_is_named_before_training() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    small_dataset(&data, 12, 4);
+    // Keep 2 photos in one base class, fewer than n_shot + n_query = 1 + 2.
+    let class = data.join("003.Sooty_Albatross");
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(&class)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    photos.sort();
+    for photo in &photos[2..] {
+        std::fs::remove_file(photo).unwrap();
+    }
+    let run_dir = work.path().join("run");
+    let output = small_training(&data, &run_dir, &[]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("class 003.Sooty_Albatross has 2 images but n_shot + n_query = 3"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        !run_dir.join("checkpoints").exists(),
+        "no training may start"
+    );
+}
+
+#[test]
+fn invalid_options_are_explained() {
+    let work = tempfile::tempdir().unwrap();
+    let run_dir = work.path().join("run");
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            vec![
+                "train",
+                "--data",
+                "/no/such/folder",
+                "--run",
+                run_dir.to_str().unwrap(),
+            ],
+            "dataset folder /no/such/folder not found",
+        ),
+        (
+            vec![
+                "train",
+                "--data",
+                ".",
+                "--run",
+                run_dir.to_str().unwrap(),
+                "--device",
+                "tpu",
+            ],
+            "invalid device 'tpu'",
+        ),
+        (
+            vec![
+                "train",
+                "--data",
+                ".",
+                "--run",
+                run_dir.to_str().unwrap(),
+                "--lr",
+                "-1",
+            ],
+            "optimizer.lr = -1",
+        ),
+        (
+            vec![
+                "eval",
+                "--data",
+                ".",
+                "--run",
+                work.path().to_str().unwrap(),
+            ],
+            "is not a run folder",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = run(&args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let message = text(&output);
+        assert!(message.contains(expected), "{args:?}: {message}");
+        assert!(!message.contains("panicked"), "{message}");
+    }
+}
