@@ -17,27 +17,42 @@ pub struct BenchArgs {
     device: String,
 
     /// Timed training episodes per device, after the warm-up.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 5,
+        value_name = "N"
+    )]
     train_episodes: usize,
 
     /// Timed evaluation episodes per device, after the warm-up.
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 10,
+        value_name = "N"
+    )]
     eval_episodes: usize,
 
     /// Untimed episodes first (kernel compilation and autotuning happen there).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 2,
+        value_name = "N"
+    )]
     warmup: usize,
 
     /// Classes per episode.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5)]
     n_way: usize,
 
     /// Support images per class.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1)]
     n_shot: usize,
 
     /// Query images per class.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 16)]
     n_query: usize,
 }
 

@@ -22,15 +22,20 @@ pub struct EvalArgs {
     split: Split,
 
     /// Number of test episodes.
-    #[arg(long, default_value_t = 600, value_name = "N")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 600,
+        value_name = "N"
+    )]
     episodes: usize,
 
     /// Seed of the test episodes; the same seed gives every model the same episodes.
-    #[arg(long, default_value_t = 123)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 123)]
     seed: u64,
 
     /// Support photos per class [default: the run's training value].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     n_shot: Option<usize>,
 
     /// Score the newest checkpoint instead of the best one.

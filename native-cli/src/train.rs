@@ -4,7 +4,7 @@ use crate::common::{DataArgs, DeviceArgs, load_split};
 use crate::progress::Bars;
 use anyhow::{Context, Result, bail};
 use metairnet::data::{Dataset, Split};
-use metairnet::train::{RunFolder, RunInfo, TrainConfig, TrainOptions, train};
+use metairnet::train::{RunFolder, RunInfo, TrainConfig, TrainOptions, check_episode_data, train};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,35 +23,35 @@ pub struct TrainArgs {
     config: Option<PathBuf>,
 
     /// Number of epochs [config default: 10].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
 
     /// Training episodes per epoch [config default: 1000].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     episodes_per_epoch: Option<usize>,
 
     /// Base learning rate of Adam, before the schedule [config default: 0.001].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
 
     /// Seed of weight initialisation and training episodes [config default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     seed: Option<u64>,
 
     /// Classes per episode [config default: 5].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     n_way: Option<usize>,
 
     /// Support photos per class [config default: 1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     n_shot: Option<usize>,
 
     /// Query photos per class [config default: 16].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     n_query: Option<usize>,
 
     /// Validation episodes after each epoch [config default: 100].
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
     val_episodes: Option<usize>,
 
     #[command(flatten)]
@@ -108,6 +108,7 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     let size = config.model.image_size;
     let base = load_split(&dataset, Split::Base, size, &args.data, &bars)?;
     let val = load_split(&dataset, Split::Val, size, &args.data, &bars)?;
+    check_episode_data(&config, &base, &val)?;
 
     let run = if resuming {
         RunFolder::open(&args.run)?

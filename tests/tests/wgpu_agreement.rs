@@ -132,22 +132,48 @@ fn wgpu_matches_cpu_on_real_episode() {
         on_wgpu.loss
     );
 
+    // Per block, in visiting order: conv weight, conv bias, BatchNorm gamma, BatchNorm beta.
     assert_eq!(
         on_cpu.gradients.len(),
         16,
         "4 blocks of conv weight, conv bias, gamma, beta"
     );
     assert_eq!(on_cpu.gradients.len(), on_wgpu.gradients.len());
-    for (index, (a, b)) in on_cpu.gradients.iter().zip(&on_wgpu.gradients).enumerate() {
-        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let worst = a
-            .iter()
+    let max_abs = |values: &[f32]| values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let max_difference = |a: &[f32], b: &[f32]| {
+        a.iter()
             .zip(b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            worst / scale < GRADIENT_TOLERANCE,
-            "parameter {index}: max gradient difference {worst} vs scale {scale}"
-        );
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+    };
+    for block in 0..4 {
+        let weight_scale = max_abs(&on_cpu.gradients[4 * block]);
+        for (offset, name) in [(0, "conv weight"), (2, "gamma"), (3, "beta")] {
+            let index = 4 * block + offset;
+            let (a, b) = (&on_cpu.gradients[index], &on_wgpu.gradients[index]);
+            let scale = max_abs(a).max(1e-12);
+            let worst = max_difference(a, b);
+            eprintln!("block {block} {name}: gradient scale {scale:e}, max difference {worst:e}");
+            assert!(
+                worst / scale < GRADIENT_TOLERANCE,
+                "block {block} {name}: max gradient difference {worst} vs scale {scale}"
+            );
+        }
+        // A bias followed by training-mode BatchNorm has an exact gradient of zero (the batch
+        // mean cancels it), so both backends must return rounding noise far below the
+        // weight gradient rather than matching digits.
+        for bias in [
+            &on_cpu.gradients[4 * block + 1],
+            &on_wgpu.gradients[4 * block + 1],
+        ] {
+            let noise = max_abs(bias);
+            eprintln!(
+                "block {block} conv bias: gradient {noise:e} vs weight gradient scale {weight_scale:e}"
+            );
+            assert!(
+                noise < GRADIENT_TOLERANCE * weight_scale,
+                "block {block} conv bias gradient {noise} is not near zero"
+            );
+        }
     }
 
     assert_eq!(on_cpu.eval_logits.len(), on_wgpu.eval_logits.len());

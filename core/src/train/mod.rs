@@ -12,4 +12,6 @@ pub use config::{ConfigError, LrSchedule, TrainConfig};
 pub use eval::{EvalOptions, EvalSummary, evaluate, evaluate_episodes, mean_and_ci95};
 pub use progress::{NoProgress, Progress};
 pub use run::{RunError, RunFolder, RunInfo};
-pub use trainer::{EpochMetrics, TrainError, TrainOptions, train};
+pub use trainer::{
+    EpochMetrics, TrainError, TrainOptions, TrainOutcome, check_episode_data, train,
+};

@@ -88,6 +88,21 @@ pub struct TrainOutcome {
     pub best: Option<BestEpoch>,
 }
 
+/// Checks that the base and validation photos suffice for the configured episodes, so that a
+/// run folder is only created for a training that can start.
+///
+/// # Errors
+/// [`DataError::TooFewClasses`] or [`DataError::TooFewImages`] for either split.
+pub fn check_episode_data(
+    config: &TrainConfig,
+    base: &ImageStore,
+    val: &ImageStore,
+) -> Result<(), DataError> {
+    EpisodeSampler::new(base, Split::Base, config.episodes, config.seed)?;
+    EpisodeSampler::new(val, Split::Val, config.episodes, config.validation.seed)?;
+    Ok(())
+}
+
 /// Trains until `config.training.epochs` epochs are done, resuming from the run's newest
 /// checkpoint if it has one.
 ///
