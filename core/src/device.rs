@@ -63,9 +63,31 @@ impl fmt::Display for BackendKind {
 pub struct SelectedDevice {
     pub device: Device,
     pub backend: BackendKind,
-    /// For example "wgpu: NVIDIA GeForce RTX 4090 (Vulkan, discrete GPU)".
+    /// For example "wgpu: NVIDIA GeForce RTX 4090 (Vulkan, DiscreteGpu)".
     pub description: String,
+    /// The largest buffer a kernel may bind, in bytes; `None` when the backend sets no limit.
+    pub max_buffer_bytes: Option<u64>,
 }
+
+impl SelectedDevice {
+    /// Checks that a tensor of `bytes` bytes fits in one buffer of this device.
+    ///
+    /// # Errors
+    /// A message naming the size, the device limit and `what` needed it.
+    pub fn check_buffer(&self, bytes: u64, what: &str) -> Result<(), String> {
+        match self.max_buffer_bytes {
+            Some(limit) if bytes > limit => Err(format!(
+                "{what} needs a {:.1} MiB buffer, above the {:.1} MiB that this device allows in one buffer ({}); use fewer images per episode (--n-query) or --device cpu",
+                bytes as f64 / MIB,
+                limit as f64 / MIB,
+                self.description
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// A wgpu adapter found on this machine.
 #[derive(Clone, Debug)]
@@ -74,6 +96,9 @@ pub struct AdapterSummary {
     pub backend: String,
     pub device_type: String,
     pub is_gpu: bool,
+    /// The largest storage buffer one kernel may bind, in bytes (128 MiB on lavapipe and in
+    /// browsers by default).
+    pub max_buffer_bytes: u64,
 }
 
 /// Lists the wgpu adapters of this machine (GPUs and software rasterisers alike).
@@ -91,6 +116,7 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
                 backend: format!("{:?}", info.backend),
                 device_type: format!("{:?}", info.device_type),
                 is_gpu: info.device_type != wgpu::DeviceType::Cpu,
+                max_buffer_bytes: adapter.limits().max_storage_buffer_binding_size,
             }
         })
         .collect()
@@ -114,6 +140,7 @@ pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice, String> {
         device: Device::flex(),
         backend: BackendKind::Cpu,
         description: format!("cpu: Burn flex backend, {} threads", available_threads()),
+        max_buffer_bytes: None,
     };
     match choice {
         DeviceChoice::Cpu => Ok(cpu()),
@@ -164,6 +191,7 @@ fn wgpu_device(adapter: Option<&AdapterSummary>) -> Result<SelectedDevice, Strin
             "wgpu: {} ({}, {})",
             adapter.name, adapter.backend, adapter.device_type
         ),
+        max_buffer_bytes: Some(adapter.max_buffer_bytes),
     })
 }
 

@@ -88,6 +88,13 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<()> {
     );
     for choice in choices {
         let selected = select_device(choice).map_err(anyhow::Error::msg)?;
+        let bytes = Conv4Config::new().largest_activation_bytes(images, 84);
+        if let Err(message) =
+            selected.check_buffer(bytes, &format!("an episode of {images} images"))
+        {
+            println!("{:<60} skipped: {message}", selected.description);
+            continue;
+        }
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| measure(&selected, &args)));
         match outcome {

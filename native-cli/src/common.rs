@@ -110,6 +110,22 @@ impl DeviceArgs {
     }
 }
 
+/// Fails early, with advice, when an episode's largest activation does not fit in one buffer of
+/// the device (wgpu adapters cap it, 128 MiB on lavapipe).
+pub fn check_episode_fits(
+    selected: &SelectedDevice,
+    shape: &metairnet::episodes::EpisodeShape,
+    size: ImageSize,
+) -> Result<()> {
+    let images = shape.num_images();
+    let bytes = metairnet::model::Conv4Config::new()
+        .largest_activation_bytes(images, size.pixels() as usize);
+    let what = format!("an episode of {images} images at {0}x{0}", size.pixels());
+    selected
+        .check_buffer(bytes, &what)
+        .map_err(anyhow::Error::msg)
+}
+
 /// Returns the checkpoint folder that `eval` and `classify` use: the best epoch's, or the
 /// newest one when `last` is set.
 pub fn checkpoint_dir(run: &metairnet::train::RunFolder, last: bool) -> Result<(usize, PathBuf)> {

@@ -1,6 +1,6 @@
 //! `metairnet eval`.
 
-use crate::common::{DataArgs, DeviceArgs, checkpoint_dir, open_run};
+use crate::common::{DataArgs, DeviceArgs, check_episode_fits, checkpoint_dir, open_run};
 use crate::progress::Bars;
 use anyhow::{Context, Result};
 use metairnet::data::Split;
@@ -65,6 +65,10 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
     if let Some(n_shot) = args.n_shot {
         shape.n_shot = n_shot;
     }
+    if shape.n_shot == 0 {
+        anyhow::bail!("invalid --n-shot 0; expected at least 1");
+    }
+    check_episode_fits(&selected, &shape, config.model.image_size)?;
     let store = args
         .data
         .load_split(args.split, config.model.image_size, &bars)?;

@@ -1,6 +1,6 @@
 //! `metairnet train`.
 
-use crate::common::{DataArgs, DeviceArgs, load_split};
+use crate::common::{DataArgs, DeviceArgs, check_episode_fits, load_split};
 use crate::progress::Bars;
 use anyhow::{Context, Result, bail};
 use metairnet::data::{Dataset, Split};
@@ -104,6 +104,7 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     config.validate()?;
 
     let selected = args.device.select()?;
+    check_episode_fits(&selected, &config.episodes, config.model.image_size)?;
     let dataset = Dataset::open(&args.data.data)?;
     let size = config.model.image_size;
     let base = load_split(&dataset, Split::Base, size, &args.data, &bars)?;
@@ -149,8 +150,10 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// Reads the configuration of an existing run. Flags may raise the number of epochs; any other
-/// change would make the run's records describe two different trainings, so it is an error.
+/// Reads the configuration of an existing run. Flags may change the number of epochs and the
+/// learning rate (after a diverged loss, say); `metrics.jsonl` records the rate of every epoch.
+/// Any other change would make the run's records describe two different trainings, so it is an
+/// error.
 fn resumed_config(args: &TrainArgs) -> Result<TrainConfig> {
     let run = RunFolder::open(&args.run)?;
     let stored = run.config()?;
@@ -162,9 +165,10 @@ fn resumed_config(args: &TrainArgs) -> Result<TrainConfig> {
 
     let mut comparable = requested.clone();
     comparable.training.epochs = stored.training.epochs;
+    comparable.optimizer.lr = stored.optimizer.lr;
     if comparable != stored {
         bail!(
-            "run folder {} was started with a different configuration (see its config.toml); only --epochs may change when resuming. Use a new --run folder for other settings",
+            "run folder {} was started with a different configuration (see its config.toml); only --epochs and --lr may change when resuming. Use a new --run folder for other settings",
             args.run.display()
         );
     }
@@ -174,6 +178,15 @@ fn resumed_config(args: &TrainArgs) -> Result<TrainConfig> {
             stored.training.epochs,
             requested.training.epochs
         );
+    }
+    if requested.optimizer.lr != stored.optimizer.lr {
+        log::info!(
+            "changing the learning rate from {} to {}",
+            stored.optimizer.lr,
+            requested.optimizer.lr
+        );
+    }
+    if requested != stored {
         run.write_config(&requested)
             .context("failed to update config.toml")?;
     }

@@ -230,11 +230,11 @@ fn resume_rejects_changed_config() {
     assert!(output.status.success(), "{}", text(&output));
 
     let mut changed = tiny_training(&cub50(), &run_dir, &cache, "1");
-    changed.extend(["--lr".to_string(), "0.5".to_string()]);
+    changed.extend(["--n-shot".to_string(), "2".to_string()]);
     let output = run(&as_strs(&changed));
     assert!(!output.status.success());
     assert!(
-        text(&output).contains("only --epochs may change"),
+        text(&output).contains("only --epochs and --lr may change"),
         "{}",
         text(&output)
     );
@@ -425,4 +425,46 @@ fn invalid_options_are_explained() {
         assert!(message.contains(expected), "{args:?}: {message}");
         assert!(!message.contains("panicked"), "{message}");
     }
+}
+
+#[test]
+fn diverging_loss_stops_training() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    small_dataset(&data, 12, 4);
+    let run_dir = work.path().join("run");
+    // Adam moves every weight by about the learning rate per step, so 1e30 overflows float32
+    // within a few episodes.
+    let output = run(&[
+        "train",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--no-cache",
+        "--data",
+        data.to_str().unwrap(),
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--episodes-per-epoch",
+        "5",
+        "--val-episodes",
+        "1",
+        "--n-way",
+        "3",
+        "--n-query",
+        "2",
+        "--lr",
+        "1e30",
+    ]);
+    let message = text(&output);
+    assert!(!output.status.success(), "{message}");
+    assert!(message.contains("the training loss became"), "{message}");
+    assert!(message.contains("with a lower --lr"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+    assert!(
+        !run_dir.join("checkpoints/epoch-0001").exists(),
+        "a diverged epoch must not be saved"
+    );
 }

@@ -239,17 +239,14 @@ pub fn write_normalized_chw(pixels: &[u8], side: usize, flip: bool, out: &mut [f
 
 /// Reads, decodes and crops one photo file.
 pub fn load_photo(path: &Path, size: ImageSize) -> Result<RgbImage, crate::data::DataError> {
-    let bytes = std::fs::read(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            crate::data::DataError::MissingImage {
-                path: path.to_path_buf(),
-            }
-        } else {
-            crate::data::DataError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
+    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => crate::data::DataError::MissingImage {
+            path: path.to_path_buf(),
+        },
+        _ => crate::data::DataError::BadImage {
+            path: path.to_path_buf(),
+            reason: format!("the file cannot be read ({source})"),
+        },
     })?;
     let image = decode_image(&bytes).map_err(|e| crate::data::DataError::BadImage {
         path: path.to_path_buf(),

@@ -74,6 +74,14 @@ impl Conv4Config {
     }
 }
 
+impl Conv4Config {
+    /// Returns the size in bytes of the largest activation of a forward pass over `images`
+    /// images of `side x side` pixels: the f32 output of the first convolution.
+    pub fn largest_activation_bytes(&self, images: usize, side: usize) -> u64 {
+        (images * self.channels * side * side * 4) as u64
+    }
+}
+
 impl Conv4 {
     /// Embeds a batch of images.
     ///

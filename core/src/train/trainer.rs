@@ -33,13 +33,14 @@ pub enum TrainError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(
-        "the training loss became {value} at epoch {epoch}, episode {episode}; training stopped and the last good checkpoint ({last_checkpoint}) is kept. Lower the learning rate (--lr) and run the same command to resume"
+        "the training loss became {value} at epoch {epoch}, episode {episode}, so training stopped; {kept}. Run the same command with a lower --lr to continue from there"
     )]
     NonFiniteLoss {
         value: f32,
         epoch: usize,
         episode: usize,
-        last_checkpoint: String,
+        /// What the run folder keeps, e.g. "the last good checkpoint, checkpoints/epoch-0003, is kept".
+        kept: String,
     },
 }
 
@@ -316,15 +317,18 @@ fn train_epoch(
         if !loss_value.is_finite() {
             drop(receiver);
             let _ = producer.join();
-            let last_checkpoint = match state.epochs_done {
-                0 => "none: no epoch had finished".to_string(),
-                done => format!("checkpoints/{}", checkpoint_name(done)),
+            let kept = match state.epochs_done {
+                0 => "no epoch had finished, so the run has no checkpoint yet".to_string(),
+                done => format!(
+                    "the last good checkpoint, checkpoints/{}, is kept",
+                    checkpoint_name(done)
+                ),
             };
             return Err(TrainError::NonFiniteLoss {
                 value: loss_value,
                 epoch: epoch + 1,
                 episode: step + 1,
-                last_checkpoint,
+                kept,
             });
         }
         let logits_values = logits
