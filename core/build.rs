@@ -21,6 +21,27 @@ fn main() {
         None => "unknown".to_string(),
     };
     println!("cargo:rustc-env=METAIRNET_GIT_COMMIT={commit}");
+    // Rebuild the constant when a commit is made or a tracked source changes, so that the
+    // `-dirty` mark is current. Only existing paths are named: Cargo reruns a build script on
+    // every build when a named path does not exist.
+    let watched = [
+        "src",
+        "build.rs",
+        "Cargo.toml",
+        "../native-cli/src",
+        "../native-cli/Cargo.toml",
+        "../tests",
+        "../shaders",
+        "../web",
+        "../assets",
+        "../Cargo.toml",
+        "../Cargo.lock",
+    ];
+    for path in watched {
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
     if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
         println!("cargo:rerun-if-changed={git_dir}/HEAD");
         println!("cargo:rerun-if-changed={git_dir}/index");

@@ -67,6 +67,8 @@ pub struct SelectedDevice {
     pub description: String,
     /// The largest buffer a kernel may bind, in bytes; `None` when the backend sets no limit.
     pub max_buffer_bytes: Option<u64>,
+    /// Whether this is a wgpu adapter that runs on the CPU (lavapipe, llvmpipe, WARP).
+    pub software_adapter: bool,
 }
 
 impl SelectedDevice {
@@ -141,6 +143,7 @@ pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice, String> {
         backend: BackendKind::Cpu,
         description: format!("cpu: Burn flex backend, {} threads", available_threads()),
         max_buffer_bytes: None,
+        software_adapter: false,
     };
     match choice {
         DeviceChoice::Cpu => Ok(cpu()),
@@ -192,6 +195,7 @@ fn wgpu_device(adapter: Option<&AdapterSummary>) -> Result<SelectedDevice, Strin
             adapter.name, adapter.backend, adapter.device_type
         ),
         max_buffer_bytes: Some(adapter.max_buffer_bytes),
+        software_adapter: !adapter.is_gpu,
     })
 }
 

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 /// The shape of an episode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EpisodeShape {
     /// Classes per episode (N).
     pub n_way: usize,
@@ -223,7 +223,7 @@ mod tests {
             EpisodeSampler::new(&store, Split::Novel, EpisodeShape::default(), 0).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "class 002.Bird has 12 images but n_shot + n_query = 17; lower --n-shot or --n-query, or add images to that class"
+            "class 002.Bird has 12 images but n_shot + n_query = 17; lower --n-shot or --n-query, add images to that class, or remove its folder"
         );
     }
 

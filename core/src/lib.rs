@@ -11,6 +11,7 @@ pub mod data;
 pub mod device;
 #[cfg(feature = "train")]
 pub mod episodes;
+pub mod hash;
 pub mod model;
 #[cfg(feature = "train")]
 pub mod train;

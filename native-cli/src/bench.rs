@@ -5,7 +5,7 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
-use metairnet::device::{DeviceChoice, SelectedDevice, list_adapters, select_device};
+use metairnet::device::{DeviceChoice, SelectedDevice, list_adapters};
 use metairnet::model::{Conv4Config, protonet_loss, prototypes, query_logits};
 use std::time::Instant;
 
@@ -56,6 +56,10 @@ pub struct BenchArgs {
     n_query: usize,
 }
 
+/// The largest episode measured, in images: 1000 images of 84x84 take about 7 GiB for the first
+/// Conv4 activation and its gradient.
+const MAX_IMAGES: usize = 1000;
+
 struct Figures {
     train_per_second: f64,
     eval_per_second: f64,
@@ -81,13 +85,27 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<()> {
     if args.train_episodes == 0 || args.eval_episodes == 0 {
         anyhow::bail!("--train-episodes and --eval-episodes must be at least 1");
     }
+    if args.n_way < 2 || args.n_shot == 0 || args.n_query == 0 {
+        anyhow::bail!(
+            "invalid episode shape {}-way {}-shot {}-query; --n-way must be at least 2, --n-shot and --n-query at least 1",
+            args.n_way,
+            args.n_shot,
+            args.n_query
+        );
+    }
     let images = args.n_way * (args.n_shot + args.n_query);
+    if images > MAX_IMAGES {
+        anyhow::bail!(
+            "an episode of {images} images is larger than the {MAX_IMAGES} that bench allows; lower --n-way, --n-shot or --n-query"
+        );
+    }
     println!(
         "ProtoNet Conv4, {}-way {}-shot {}-query, {images} images of 84x84 per episode (synthetic pixels)",
         args.n_way, args.n_shot, args.n_query
     );
+    let mut failures = 0;
     for choice in choices {
-        let selected = select_device(choice).map_err(anyhow::Error::msg)?;
+        let selected = crate::common::DeviceArgs { device: choice }.select()?;
         let bytes = Conv4Config::new().largest_activation_bytes(images, 84);
         if let Err(message) =
             selected.check_buffer(bytes, &format!("an episode of {images} images"))
@@ -108,8 +126,14 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<()> {
                     selected.description, figures.train_per_second, figures.eval_per_second
                 );
             }
-            Err(_) => println!("{:<60} failed (see the error above)", selected.description),
+            Err(_) => {
+                println!("{:<60} failed (see the error above)", selected.description);
+                failures += 1;
+            }
         }
+    }
+    if failures > 0 {
+        anyhow::bail!("{failures} device(s) failed the benchmark");
     }
     Ok(())
 }

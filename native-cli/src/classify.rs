@@ -3,11 +3,12 @@
 use crate::common::{DeviceArgs, checkpoint_dir, open_run};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
+use image::RgbImage;
 use metairnet::classify::{class_prototypes, classify_photos};
-use metairnet::data::{Dataset, display_class_name, load_photo};
+use metairnet::data::{DataError, Dataset, ImageSize, display_class_name, load_photo};
 use metairnet::train::load_model;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct ClassifyArgs {
@@ -27,7 +28,8 @@ pub struct ClassifyArgs {
     #[arg(long)]
     last: bool,
 
-    /// Print one JSON object per query photo, one per line.
+    /// Print one JSON object per query photo, one per line: `query`, `predicted` (the support
+    /// folder name) and `scores`, a list of `{class, name, score}` sorted by score.
     #[arg(long)]
     json: bool,
 
@@ -35,12 +37,38 @@ pub struct ClassifyArgs {
     device: DeviceArgs,
 }
 
+/// One line of `--json` output.
 #[derive(Serialize)]
 struct QueryResult {
     query: String,
+    /// The support folder name of the predicted class.
     predicted: String,
-    /// Class folder names with their softmax scores, best first.
-    scores: Vec<(String, f32)>,
+    /// Every class with its softmax score, best first.
+    scores: Vec<ClassScore>,
+}
+
+#[derive(Serialize)]
+struct ClassScore {
+    /// The support folder name, e.g. `017.Cardinal`.
+    class: String,
+    /// The folder name without a numeric prefix and underscores, e.g. `Cardinal`.
+    name: String,
+    score: f32,
+}
+
+/// Reads one photo, with an error that speaks of support and query photos rather than datasets.
+fn read_photo(path: &Path, role: &str, size: ImageSize) -> Result<RgbImage> {
+    match load_photo(path, size) {
+        Ok(photo) => Ok(photo),
+        Err(DataError::MissingImage { .. }) => bail!("{role} photo {} not found", path.display()),
+        Err(DataError::BadImage { reason, .. }) => {
+            bail!(
+                "{role} photo {} could not be used: {reason}; replace it with a JPEG or PNG photo",
+                path.display()
+            )
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
@@ -49,6 +77,12 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
     let size = config.model.image_size;
     let (_, checkpoint) = checkpoint_dir(&run, args.last)?;
 
+    if !args.support.is_dir() {
+        bail!(
+            "support folder {} not found; pass a folder with one subfolder of photos per species",
+            args.support.display()
+        );
+    }
     let support = Dataset::open(&args.support)
         .with_context(|| format!("cannot read the support folder {}", args.support.display()))?;
     let mut class_photos = Vec::new();
@@ -62,8 +96,8 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
         let photos = class
             .images
             .iter()
-            .map(|path| load_photo(path, size))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|path| read_photo(path, "support", size))
+            .collect::<Result<Vec<_>>>()?;
         class_photos.push(photos);
     }
     if class_photos.len() < 2 {
@@ -76,8 +110,8 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
     let queries = args
         .query
         .iter()
-        .map(|path| load_photo(path, size))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|path| read_photo(path, "query", size))
+        .collect::<Result<Vec<_>>>()?;
 
     let selected = args.device.select()?;
     let model = load_model(&checkpoint, &selected.device)?.valid();
@@ -85,29 +119,34 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
     let scores = classify_photos(&model, prototypes, &queries, size, &selected.device);
 
     for (path, row) in args.query.iter().zip(scores) {
-        let mut ranked: Vec<(String, f32)> = support
+        let mut ranked: Vec<ClassScore> = support
             .classes
             .iter()
-            .map(|class| class.name.clone())
             .zip(row)
+            .map(|(class, score)| ClassScore {
+                class: class.name.clone(),
+                name: display_class_name(&class.name),
+                score,
+            })
             .collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
         let result = QueryResult {
             query: path.display().to_string(),
-            predicted: ranked[0].0.clone(),
+            predicted: ranked[0].class.clone(),
             scores: ranked,
         };
         if args.json {
             println!("{}", serde_json::to_string(&result)?);
         } else {
+            let best = &result.scores[0];
             println!(
                 "{}: {} ({:.1}%)",
                 result.query,
-                display_class_name(&result.predicted),
-                100.0 * result.scores[0].1
+                best.name,
+                100.0 * best.score
             );
-            for (name, score) in result.scores.iter().take(5) {
-                println!("  {:>6.2}%  {}", 100.0 * score, display_class_name(name));
+            for entry in result.scores.iter().take(5) {
+                println!("  {:>6.2}%  {}", 100.0 * entry.score, entry.name);
             }
         }
     }

@@ -20,7 +20,7 @@ pub struct DataArgs {
     pub skip_bad_images: bool,
 
     /// Folder for decoded photos, so later runs skip JPEG decoding [default:
-    /// $XDG_CACHE_HOME/metairnet or ~/.cache/metairnet].
+    /// $XDG_CACHE_HOME/metairnet/images or ~/.cache/metairnet/images].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
@@ -106,6 +106,7 @@ impl DeviceArgs {
     pub fn select(&self) -> Result<SelectedDevice> {
         let selected = select_device(self.device).map_err(anyhow::Error::msg)?;
         log::info!("device: {}", selected.description);
+        configure_backend(&selected);
         Ok(selected)
     }
 }
@@ -126,33 +127,48 @@ pub fn check_episode_fits(
         .map_err(anyhow::Error::msg)
 }
 
-/// Returns the checkpoint folder that `eval` and `classify` use: the best epoch's, or the
-/// newest one when `last` is set.
-pub fn checkpoint_dir(run: &metairnet::train::RunFolder, last: bool) -> Result<(usize, PathBuf)> {
-    let no_checkpoint = || {
-        anyhow::anyhow!(
-            "run {} has no finished epoch yet; train it first with `metairnet train --run {}`",
-            run.path().display(),
-            run.path().display()
-        )
-    };
-    if !last && let Some(best) = run.best()? {
-        let dir = run.path().join(&best.checkpoint);
-        if dir.is_dir() {
-            return Ok((best.epoch, dir));
-        }
-        log::warn!(
-            "best checkpoint {} is missing; using the newest one",
-            dir.display()
-        );
+/// Returns the epoch and folder of the checkpoint that `eval` and `classify` use: the best
+/// epoch's, or the newest one when `newest` is set. Fallbacks are logged as warnings.
+pub fn checkpoint_dir(run: &metairnet::train::RunFolder, newest: bool) -> Result<(usize, PathBuf)> {
+    let chosen = metairnet::train::choose_checkpoint(run, newest)?;
+    if let Some(reason) = &chosen.fallback {
+        log::warn!("{reason}");
     }
-    run.latest_checkpoint()?.ok_or_else(no_checkpoint)
+    log::info!(
+        "using the checkpoint of epoch {} ({})",
+        chosen.epoch,
+        chosen.dir.display()
+    );
+    Ok((chosen.epoch, chosen.dir))
 }
 
 /// Opens a run folder with an error that says what a run folder is.
 pub fn open_run(path: &Path) -> Result<metairnet::train::RunFolder> {
     metairnet::train::RunFolder::open(path)
         .with_context(|| format!("cannot use run folder {}", path.display()))
+}
+
+/// Sets process-wide backend settings for the chosen device, unless the user set them.
+///
+/// Burn places tensors that it creates without a device (optimizer state read from a
+/// checkpoint) on the default backend, which `BURN_DEVICE` names; without it a CPU run would
+/// start the Vulkan driver. On a software rasteriser, autotuning every kernel takes minutes,
+/// so CubeCL's autotuning is reduced to its minimal level there.
+fn configure_backend(selected: &SelectedDevice) {
+    let backend = match selected.backend {
+        metairnet::device::BackendKind::Cpu => "flex",
+        metairnet::device::BackendKind::Wgpu => "wgpu",
+    };
+    // SAFETY: commands call this before they start any thread, so no other thread can read or
+    // write the environment at the same time.
+    unsafe {
+        if std::env::var_os("BURN_DEVICE").is_none() {
+            std::env::set_var("BURN_DEVICE", backend);
+        }
+        if selected.software_adapter && std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_none() {
+            std::env::set_var("CUBECL_AUTOTUNE_LEVEL", "minimal");
+        }
+    }
 }
 
 /// Replaces Rust's panic output (a bug report, with a backtrace only when RUST_BACKTRACE is

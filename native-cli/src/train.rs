@@ -5,7 +5,7 @@ use crate::progress::Bars;
 use anyhow::{Context, Result, bail};
 use metairnet::data::{Dataset, Split};
 use metairnet::train::{RunFolder, RunInfo, TrainConfig, TrainOptions, check_episode_data, train};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
@@ -110,16 +110,26 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     let base = load_split(&dataset, Split::Base, size, &args.data, &bars)?;
     let val = load_split(&dataset, Split::Val, size, &args.data, &bars)?;
     check_episode_data(&config, &base, &val)?;
+    let fingerprint = format!("{}-{}", base.fingerprint(), val.fingerprint());
 
     let run = if resuming {
         RunFolder::open(&args.run)?
     } else {
-        let info = RunInfo::new(config.seed, &args.data.data, &selected.description);
+        let info = RunInfo::new(
+            config.seed,
+            &args.data.data,
+            &fingerprint,
+            &selected.description,
+        );
         let run = RunFolder::create(&args.run, &config, &info)?;
         log::info!("created run folder {}", args.run.display());
         run
     };
 
+    if resuming {
+        check_same_data(&run, &fingerprint, &args.data.data)?;
+        run.record_resume(&selected.description)?;
+    }
     let outcome = train(
         &config,
         TrainOptions {
@@ -167,8 +177,18 @@ fn resumed_config(args: &TrainArgs) -> Result<TrainConfig> {
     comparable.training.epochs = stored.training.epochs;
     comparable.optimizer.lr = stored.optimizer.lr;
     if comparable != stored {
+        let changes = config_differences(&stored, &comparable).join(", ");
         bail!(
-            "run folder {} was started with a different configuration (see its config.toml); only --epochs and --lr may change when resuming. Use a new --run folder for other settings",
+            "run folder {} was started with a different configuration ({changes}); only --epochs and --lr may change when resuming. Use a new --run folder for other settings",
+            args.run.display()
+        );
+    }
+    if let Some((done, _)) = run.latest_checkpoint()?
+        && requested.training.epochs < done
+    {
+        bail!(
+            "invalid --epochs {}: run folder {} has already finished {done} epochs; pass at least {done}",
+            requested.training.epochs,
             args.run.display()
         );
     }
@@ -192,4 +212,49 @@ fn resumed_config(args: &TrainArgs) -> Result<TrainConfig> {
     }
     log::info!("resuming run {}", args.run.display());
     Ok(requested)
+}
+
+/// Lists the settings that differ between two configurations, as `key: old -> new`.
+fn config_differences(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
+    let as_table = |config: &TrainConfig| {
+        toml::Table::try_from(config).expect("configuration converts to a TOML table")
+    };
+    let mut differences = Vec::new();
+    collect_differences("", &as_table(old), &as_table(new), &mut differences);
+    differences
+}
+
+fn collect_differences(prefix: &str, old: &toml::Table, new: &toml::Table, out: &mut Vec<String>) {
+    for (key, old_value) in old {
+        let name = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match (old_value, new.get(key)) {
+            (toml::Value::Table(old_table), Some(toml::Value::Table(new_table))) => {
+                collect_differences(&name, old_table, new_table, out)
+            }
+            (_, Some(new_value)) if new_value != old_value => {
+                out.push(format!("{name}: {old_value} -> {new_value}"))
+            }
+            (_, None) => out.push(format!("{name}: {old_value} -> (none)")),
+            _ => {}
+        }
+    }
+}
+
+/// Rejects resuming a run on photos other than those it was trained on; the folder may move.
+fn check_same_data(run: &RunFolder, fingerprint: &str, data: &Path) -> Result<()> {
+    let info = run.info()?;
+    if !info.data_fingerprint.is_empty() && info.data_fingerprint != fingerprint {
+        bail!(
+            "run folder {} was trained on other photos ({}, fingerprint {}) than {} has (fingerprint {fingerprint}); pass the same dataset, or use a new --run folder",
+            run.path().display(),
+            info.data.display(),
+            info.data_fingerprint,
+            data.display()
+        );
+    }
+    Ok(())
 }

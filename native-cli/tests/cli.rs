@@ -170,7 +170,10 @@ fn train_eval_classify_on_cub50() {
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let scores = result["scores"].as_array().unwrap();
     assert_eq!(scores.len(), 3);
-    let total: f64 = scores.iter().map(|pair| pair[1].as_f64().unwrap()).sum();
+    let total: f64 = scores
+        .iter()
+        .map(|entry| entry["score"].as_f64().unwrap())
+        .sum();
     assert!((total - 1.0).abs() < 1e-4, "scores sum to {total}");
     assert!(["004", "008", "012"].contains(&result["predicted"].as_str().unwrap()));
 }

@@ -15,17 +15,32 @@ use std::str::FromStr;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error(
-        "dataset folder {0} not found; pass --data with the path of CUB_200_2011 (the folder that contains images/ and classes.txt) or its parent"
+        "dataset folder {0} not found; give the path of CUB_200_2011 (the folder that contains images/ and classes.txt), its parent, or a folder with one subfolder per class"
     )]
     MissingRoot(PathBuf),
+    #[error("{0} is a file, not a folder; give the dataset folder that contains it")]
+    NotAFolder(PathBuf),
+    #[error(
+        "{dir} has {found} but no {missing}; restore {missing}, or remove the CUB metadata files to treat the subfolders of images/ as classes"
+    )]
+    IncompleteMetadata {
+        dir: PathBuf,
+        found: String,
+        missing: String,
+    },
     #[error(
         "no class folders found in {0}; expected CUB_200_2011/images/<NNN.Class_Name>/*.jpg or a folder with one subfolder per class"
     )]
     NoClasses(PathBuf),
-    #[error("failed to read {path}: {source}")]
+    #[error("failed to read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    #[error("failed to write {path}: {error}")]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
     },
     #[error("{path}, line {line}: {message}")]
     Metadata {
@@ -34,7 +49,7 @@ pub enum DataError {
         message: String,
     },
     #[error(
-        "image {path} is listed in images.txt but the file does not exist; restore the file, or pass --skip-bad-images to leave it out"
+        "image {path} does not exist; restore the file, or pass --skip-bad-images to leave it out"
     )]
     MissingImage { path: PathBuf },
     #[error(
@@ -52,7 +67,7 @@ pub enum DataError {
         needed: usize,
     },
     #[error(
-        "class {class} has {count} images but n_shot + n_query = {needed}; lower --n-shot or --n-query, or add images to that class"
+        "class {class} has {count} images but n_shot + n_query = {needed}; lower --n-shot or --n-query, add images to that class, or remove its folder"
     )]
     TooFewImages {
         class: String,
@@ -162,24 +177,43 @@ impl Dataset {
     /// [`DataError::Io`] when a folder cannot be listed. Missing or unreadable image files are
     /// found later, when the images are decoded.
     pub fn open(dir: &Path) -> Result<Dataset, DataError> {
+        if dir.is_file() {
+            return Err(DataError::NotAFolder(dir.to_path_buf()));
+        }
         if !dir.is_dir() {
             return Err(DataError::MissingRoot(dir.to_path_buf()));
         }
-        let cub_dir = if dir.join("images").is_dir() {
-            dir.to_path_buf()
-        } else if dir.join("CUB_200_2011").join("images").is_dir() {
+        let cub_dir = if dir.join("CUB_200_2011").is_dir() {
             dir.join("CUB_200_2011")
         } else {
-            return Self::from_class_folders(dir);
+            dir.to_path_buf()
         };
 
-        let images_dir = cub_dir.join("images");
         let metadata = ["classes.txt", "images.txt", "image_class_labels.txt"];
-        if metadata.iter().all(|name| cub_dir.join(name).is_file()) {
-            Self::from_metadata(&cub_dir, &images_dir)
-        } else {
-            Self::from_class_folders(&images_dir)
+        let (present, absent): (Vec<&str>, Vec<&str>) = metadata
+            .iter()
+            .partition(|name| cub_dir.join(name).is_file());
+        let images_dir = cub_dir.join("images");
+        if present.is_empty() {
+            let class_root = if images_dir.is_dir() {
+                images_dir
+            } else {
+                cub_dir
+            };
+            return Self::from_class_folders(&class_root);
         }
+        if !absent.is_empty() || !images_dir.is_dir() {
+            let mut missing: Vec<&str> = absent.clone();
+            if !images_dir.is_dir() {
+                missing.push("images/ folder");
+            }
+            return Err(DataError::IncompleteMetadata {
+                dir: cub_dir,
+                found: present.join(", "),
+                missing: missing.join(", "),
+            });
+        }
+        Self::from_metadata(&cub_dir, &images_dir)
     }
 
     /// Reads `classes.txt`, `images.txt` and `image_class_labels.txt`.
@@ -220,9 +254,11 @@ impl Dataset {
 
         let mut classes: Vec<ClassEntry> = class_names
             .into_iter()
-            .map(|(id, name)| ClassEntry {
-                name,
-                images: by_class.remove(&id).unwrap_or_default(),
+            .map(|(id, name)| {
+                // Sorted by path, as in class-folder mode, so both modes give the same episodes.
+                let mut images = by_class.remove(&id).unwrap_or_default();
+                images.sort();
+                ClassEntry { name, images }
             })
             .collect();
         classes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -254,6 +290,11 @@ impl Dataset {
                 .filter(|path| path.is_file() && has_image_extension(path))
                 .collect();
             images.sort();
+            if images.is_empty() {
+                // A folder without photos is not a class; counting it would shift the split.
+                log::warn!("ignoring {}: it contains no image files", entry.display());
+                continue;
+            }
             classes.push(ClassEntry { name, images });
         }
         classes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -296,9 +337,9 @@ pub(crate) fn has_image_extension(path: &Path) -> bool {
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let io_error = |source| DataError::Io {
+    let io_error = |error| DataError::Io {
         path: dir.to_path_buf(),
-        source,
+        error,
     };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error)? {
@@ -309,9 +350,9 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 
 /// Reads a CUB metadata file of `<id> <value>` lines into a map ordered by id.
 fn read_id_value_file(path: &Path) -> Result<BTreeMap<u64, String>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let mut entries = BTreeMap::new();
     for (index, line) in text.lines().enumerate() {
@@ -408,6 +449,51 @@ mod tests {
 
         let message = Dataset::open(dir.path()).unwrap_err().to_string();
         assert!(message.contains("classes.txt, line 2"), "{message}");
+    }
+
+    #[test]
+    fn incomplete_metadata_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("classes.txt"), "1 001.A\n");
+        write(&dir.path().join("images/001.A/a.jpg"), "x");
+
+        let message = Dataset::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            message.contains("images.txt, image_class_labels.txt"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn metadata_without_images_folder_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["classes.txt", "images.txt", "image_class_labels.txt"] {
+            write(&dir.path().join(name), "");
+        }
+        let message = Dataset::open(dir.path()).unwrap_err().to_string();
+        assert!(message.contains("no images/ folder"), "{message}");
+    }
+
+    #[test]
+    fn empty_class_folder_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("crow/2.png"), "x");
+        std::fs::create_dir_all(dir.path().join("000.Empty")).unwrap();
+
+        let dataset = Dataset::open(dir.path()).unwrap();
+        assert_eq!(dataset.classes.len(), 1);
+        assert_eq!(dataset.classes[0].name, "crow");
+    }
+
+    #[test]
+    fn file_instead_of_folder_is_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("photo.jpg");
+        write(&file, "x");
+        assert!(matches!(
+            Dataset::open(&file).unwrap_err(),
+            DataError::NotAFolder(_)
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::cub::{DataError, Dataset};
 use super::preprocess::{ImageSize, load_photo};
+use crate::hash::Fnv64;
 use std::hash::Hasher;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -129,6 +130,22 @@ impl ImageStore {
                 from_cache,
             },
         ))
+    }
+
+    /// Returns a fingerprint of the class names and photo file names (not their folders, so a
+    /// moved dataset keeps its fingerprint).
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Fnv64::default();
+        for (name, images) in self.class_names.iter().zip(&self.class_images) {
+            hasher.write(name.as_bytes());
+            hasher.write_u8(0);
+            for &index in images {
+                let file = self.paths[index].file_name().unwrap_or_default();
+                hasher.write(file.as_encoded_bytes());
+                hasher.write_u8(0);
+            }
+        }
+        format!("{:016x}", hasher.finish())
     }
 
     /// Returns the HWC bytes of image `index`.
@@ -292,7 +309,7 @@ fn write_cache(
 ) -> Result<(), DataError> {
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| DataError::Io { path, source }
+        move |error| DataError::Write { path, error }
     };
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let index = CacheIndex {
@@ -322,29 +339,6 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
         file.sync_all()?;
     }
     std::fs::rename(&temporary, path)
-}
-
-/// The 64-bit FNV-1a hash: stable across Rust versions and platforms, unlike `DefaultHasher`.
-#[derive(Clone, Copy)]
-struct Fnv64(u64);
-
-impl Default for Fnv64 {
-    fn default() -> Self {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv64 {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= *byte as u64;
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
 }
 
 #[cfg(test)]

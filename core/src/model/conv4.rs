@@ -123,4 +123,73 @@ mod tests {
         assert_eq!(first + 3 * other, 113_088);
         assert_eq!(model.num_params(), first + 3 * other + running_statistics);
     }
+
+    /// Autodiff gradients of the ProtoNet loss must match central finite differences of the
+    /// same loss, for weights in every block (training-mode BatchNorm included).
+    #[test]
+    fn gradients_match_finite_differences() {
+        use crate::model::{protonet_loss, prototypes, query_logits};
+        use burn::module::Param;
+
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        let model = Conv4Config::new().init(&device);
+        let (n_way, n_query) = (3, 2);
+        let count = n_way + n_way * n_query;
+        let pixels: Vec<f32> = (0..count * 3 * 84 * 84)
+            .map(|i| (((i * 2_654_435_761usize) >> 9) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let labels: Vec<i64> = (0..n_way * n_query).map(|i| (i / n_query) as i64).collect();
+        let loss_of = |model: &Conv4| {
+            let images = Tensor::<4>::from_data(
+                TensorData::new(pixels.clone(), [count, 3, 84, 84]),
+                &device,
+            );
+            let label_tensor = Tensor::<1, Int>::from_data(
+                TensorData::new(labels.clone(), [labels.len()]),
+                &device,
+            );
+            let embeddings = model.forward(images);
+            let support = embeddings.clone().narrow(0, 0, n_way);
+            let queries = embeddings.narrow(0, n_way, n_way * n_query);
+            protonet_loss(
+                query_logits(queries, prototypes(support, n_way)),
+                label_tensor,
+            )
+        };
+
+        let loss = loss_of(&model);
+        let gradients = loss.backward();
+        for block in 0..4 {
+            let weight = model.blocks[block].conv.weight.val();
+            let analytic = weight
+                .grad(&gradients)
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let values = weight.to_data().try_to_vec::<f32>().unwrap();
+            // The entry with the largest gradient, where the finite difference is least noisy.
+            let index = (0..analytic.len())
+                .max_by(|&a, &b| analytic[a].abs().total_cmp(&analytic[b].abs()))
+                .unwrap();
+            let epsilon = 1e-3;
+            let shifted = |delta: f32| {
+                let mut changed = values.clone();
+                changed[index] += delta;
+                let mut copy = model.clone();
+                let tensor =
+                    Tensor::<4>::from_data(TensorData::new(changed, weight.dims()), &device);
+                copy.blocks[block].conv.weight = Param::from_tensor(tensor);
+                loss_of(&copy).into_scalar::<f32>() as f64
+            };
+            let numeric = (shifted(epsilon) - shifted(-epsilon)) / (2.0 * epsilon as f64);
+            let expected = analytic[index] as f64;
+            let error = (numeric - expected).abs() / expected.abs().max(1e-6);
+            assert!(
+                error < 0.05,
+                "block {block}: autodiff {expected} vs finite difference {numeric}"
+            );
+        }
+    }
 }

@@ -2,10 +2,12 @@
 
 use super::run::{RunError, RunFolder, create_dir, read_json, to_json_pretty, write_file};
 use super::trainer::TrainerState;
+use crate::hash::fnv64_hex;
 use crate::model::{Conv4, Conv4Config};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::prelude::Device;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Errors while writing or reading checkpoint files.
@@ -13,7 +15,9 @@ use std::path::{Path, PathBuf};
 pub enum CheckpointError {
     #[error("failed to save {path}: {message}")]
     Save { path: PathBuf, message: String },
-    #[error("failed to load {path}: {message}; the file may come from another model or be damaged")]
+    #[error(
+        "failed to load {path}: {message}. The checkpoint is damaged or comes from another model; delete its folder to resume from the epoch before, or train a new run folder"
+    )]
     Load { path: PathBuf, message: String },
     #[error(transparent)]
     Run(#[from] RunError),
@@ -22,6 +26,9 @@ pub enum CheckpointError {
 const MODEL_FILE: &str = "model.bpk";
 const OPTIMIZER_FILE: &str = "optimizer.bpk";
 const STATE_FILE: &str = "state.json";
+/// FNV-1a hashes of the weight files, checked before loading so that a damaged file is an
+/// error instead of a silently different model.
+const CHECKSUM_FILE: &str = "checksums.json";
 
 /// Returns the folder name of the checkpoint after `epoch` (1-based) epochs.
 pub(crate) fn checkpoint_name(epoch: usize) -> String {
@@ -60,14 +67,24 @@ pub(crate) fn save_checkpoint(
             message: e.to_string(),
         })?;
     write_file(&partial_dir.join(STATE_FILE), &to_json_pretty(state))?;
+    let mut checksums = BTreeMap::new();
+    for name in [MODEL_FILE, OPTIMIZER_FILE] {
+        let path = partial_dir.join(name);
+        let bytes = std::fs::read(&path).map_err(|error| RunError::Read { path, error })?;
+        checksums.insert(name.to_string(), fnv64_hex(&bytes));
+    }
+    write_file(
+        &partial_dir.join(CHECKSUM_FILE),
+        &to_json_pretty(&checksums),
+    )?;
     sync_dir(&partial_dir);
 
     if final_dir.exists() {
         let _ = std::fs::remove_dir_all(&final_dir);
     }
-    std::fs::rename(&partial_dir, &final_dir).map_err(|source| RunError::Write {
+    std::fs::rename(&partial_dir, &final_dir).map_err(|error| RunError::Write {
         path: final_dir.clone(),
-        source,
+        error,
     })?;
     sync_dir(&run.checkpoints_dir());
     Ok(final_dir)
@@ -99,6 +116,7 @@ pub(crate) fn load_optimizer(
     optimizer: ModuleOptimizer,
 ) -> Result<ModuleOptimizer, CheckpointError> {
     let path = dir.join(OPTIMIZER_FILE);
+    verify_checksum(dir, OPTIMIZER_FILE)?;
     optimizer.load(&path).map_err(|e| CheckpointError::Load {
         path,
         message: e.to_string(),
@@ -108,6 +126,7 @@ pub(crate) fn load_optimizer(
 /// Loads the Conv4 weights of a checkpoint folder onto `device`.
 pub fn load_model(dir: &Path, device: &Device) -> Result<Conv4, CheckpointError> {
     let path = dir.join(MODEL_FILE);
+    verify_checksum(dir, MODEL_FILE)?;
     Conv4Config::new()
         .init(device)
         .try_load_file(&path)
@@ -117,9 +136,102 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<Conv4, CheckpointError>
         })
 }
 
+/// Compares a checkpoint file with the hash recorded when it was written. Checkpoints without a
+/// checksum file are accepted as they are.
+fn verify_checksum(dir: &Path, name: &str) -> Result<(), CheckpointError> {
+    let checksum_path = dir.join(CHECKSUM_FILE);
+    if !checksum_path.is_file() {
+        return Ok(());
+    }
+    let checksums: BTreeMap<String, String> = read_json(&checksum_path)?;
+    let Some(expected) = checksums.get(name) else {
+        return Ok(());
+    };
+    let path = dir.join(name);
+    let bytes = std::fs::read(&path).map_err(|e| CheckpointError::Load {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let actual = fnv64_hex(&bytes);
+    if &actual != expected {
+        return Err(CheckpointError::Load {
+            path,
+            message: format!(
+                "its checksum is {actual} but {expected} was recorded when it was saved"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Flushes a folder's entries to disk so that a rename survives a power cut.
 fn sync_dir(dir: &Path) {
     if let Ok(handle) = std::fs::File::open(dir) {
         let _ = handle.sync_all();
     }
+}
+
+/// A checkpoint chosen for evaluation or classification.
+#[derive(Clone, Debug)]
+pub struct ChosenCheckpoint {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    pub dir: PathBuf,
+    /// Why a fallback was taken, for a warning; `None` when the requested checkpoint was used.
+    pub fallback: Option<String>,
+}
+
+/// Finds the best checkpoint of a run (or the newest with `newest`).
+///
+/// The best epoch comes from `best.json`; when that file is missing or names a deleted folder,
+/// the best epoch recorded in the newest checkpoint is used, and failing that the newest
+/// checkpoint itself.
+///
+/// # Errors
+/// [`RunError::NoCheckpoint`] when no epoch has finished.
+pub fn choose_checkpoint(
+    run: &RunFolder,
+    newest: bool,
+) -> Result<ChosenCheckpoint, CheckpointError> {
+    let Some((latest_epoch, latest_dir)) = run.latest_checkpoint()? else {
+        return Err(RunError::NoCheckpoint {
+            path: run.path().to_path_buf(),
+        }
+        .into());
+    };
+    let newest_checkpoint = |fallback: Option<String>| ChosenCheckpoint {
+        epoch: latest_epoch,
+        dir: latest_dir.clone(),
+        fallback,
+    };
+    if newest {
+        return Ok(newest_checkpoint(None));
+    }
+
+    let from_file = run.best()?;
+    let recorded = || load_state(&latest_dir).ok().and_then(|state| state.best);
+    let (best, note) = match from_file {
+        Some(best) => (Some(best), None),
+        None => (recorded(), Some("best.json is missing".to_string())),
+    };
+    let Some(best) = best else {
+        let reason = note.unwrap_or_else(|| "no best epoch is recorded".to_string());
+        return Ok(newest_checkpoint(Some(format!(
+            "{reason}; using the newest checkpoint"
+        ))));
+    };
+    let dir = run.path().join(&best.checkpoint);
+    if !dir.is_dir() {
+        return Ok(newest_checkpoint(Some(format!(
+            "the best checkpoint {} is missing; using the newest checkpoint",
+            dir.display()
+        ))));
+    }
+    let fallback = note
+        .map(|reason| format!("{reason}; using the best epoch recorded in the newest checkpoint"));
+    Ok(ChosenCheckpoint {
+        epoch: best.epoch,
+        dir,
+        fallback,
+    })
 }

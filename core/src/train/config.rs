@@ -8,10 +8,10 @@ use std::path::Path;
 /// Errors raised while reading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("failed to read config file {path}: {source}")]
+    #[error("failed to read config file {path}: {error}")]
     Read {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid config file {path}: {message}")]
     Parse {
@@ -65,15 +65,27 @@ pub struct OptimizerSection {
 
 /// How the learning rate changes over epochs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum LrSchedule {
+#[serde(deny_unknown_fields, default)]
+pub struct LrSchedule {
+    pub kind: ScheduleKind,
+    /// For `step`: 0-based epochs at whose start the rate is multiplied by `gamma`.
+    pub milestones: Vec<usize>,
+    /// For `step`: the factor applied at each milestone.
+    pub gamma: f64,
+    /// For `cosine`: the rate reached at the end of the last epoch.
+    pub min_lr: f64,
+}
+
+/// The shape of the learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
     /// The base learning rate throughout.
     Constant,
-    /// The rate is multiplied by `gamma` at the start of each epoch listed in `milestones`
-    /// (0-based).
-    Step { milestones: Vec<usize>, gamma: f64 },
+    /// The base rate, multiplied by `gamma` at each milestone.
+    Step,
     /// Cosine decay from the base rate to `min_lr` over all epochs, updated every episode.
-    Cosine { min_lr: f64 },
+    Cosine,
 }
 
 /// The training loop.
@@ -131,9 +143,11 @@ impl Default for OptimizerSection {
 
 impl Default for LrSchedule {
     fn default() -> Self {
-        LrSchedule::Step {
+        LrSchedule {
+            kind: ScheduleKind::Step,
             milestones: vec![5],
             gamma: 0.1,
+            min_lr: 0.0,
         }
     }
 }
@@ -161,16 +175,17 @@ impl LrSchedule {
     /// Returns the learning rate at `progress` epochs into training (for example 2.5 is the
     /// middle of the third epoch) for a run of `epochs` epochs.
     pub fn learning_rate(&self, base: f64, progress: f64, epochs: usize) -> f64 {
-        match self {
-            LrSchedule::Constant => base,
-            LrSchedule::Step { milestones, gamma } => {
+        match self.kind {
+            ScheduleKind::Constant => base,
+            ScheduleKind::Step => {
                 let epoch = progress.floor() as usize;
-                let passed = milestones.iter().filter(|&&m| m <= epoch).count();
-                base * gamma.powi(passed as i32)
+                let passed = self.milestones.iter().filter(|&&m| m <= epoch).count();
+                base * self.gamma.powi(passed as i32)
             }
-            LrSchedule::Cosine { min_lr } => {
+            ScheduleKind::Cosine => {
                 let fraction = (progress / epochs.max(1) as f64).clamp(0.0, 1.0);
-                min_lr + 0.5 * (base - min_lr) * (1.0 + (std::f64::consts::PI * fraction).cos())
+                let cosine = 1.0 + (std::f64::consts::PI * fraction).cos();
+                self.min_lr + 0.5 * (base - self.min_lr) * cosine
             }
         }
     }
@@ -179,9 +194,9 @@ impl LrSchedule {
 impl TrainConfig {
     /// Reads a TOML file; keys it leaves out keep their defaults.
     pub fn from_file(path: &Path) -> Result<TrainConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_path_buf(),
@@ -270,19 +285,26 @@ impl TrainConfig {
         if self.validation.episodes == 0 {
             return invalid("validation.episodes", "0".into(), "must be at least 1");
         }
-        match &self.schedule {
-            LrSchedule::Step { gamma, .. } if !(gamma.is_finite() && *gamma > 0.0) => invalid(
+        let schedule = &self.schedule;
+        if schedule.kind == ScheduleKind::Step
+            && !(schedule.gamma.is_finite() && schedule.gamma > 0.0)
+        {
+            return invalid(
                 "schedule.gamma",
-                gamma.to_string(),
+                schedule.gamma.to_string(),
                 "must be a positive number",
-            ),
-            LrSchedule::Cosine { min_lr } if !(min_lr.is_finite() && *min_lr >= 0.0) => invalid(
-                "schedule.min_lr",
-                min_lr.to_string(),
-                "must be zero or positive",
-            ),
-            _ => Ok(()),
+            );
         }
+        if schedule.kind == ScheduleKind::Cosine
+            && !(0.0..=self.optimizer.lr).contains(&schedule.min_lr)
+        {
+            return invalid(
+                "schedule.min_lr",
+                schedule.min_lr.to_string(),
+                "must be between 0 and optimizer.lr, because the cosine schedule decays from lr to min_lr",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -304,7 +326,11 @@ mod tests {
     #[test]
     fn toml_round_trip() {
         let mut config = TrainConfig::default();
-        config.schedule = LrSchedule::Cosine { min_lr: 1e-5 };
+        config.schedule = LrSchedule {
+            kind: ScheduleKind::Cosine,
+            min_lr: 1e-5,
+            ..LrSchedule::default()
+        };
         config.training.epochs = 3;
         let parsed = TrainConfig::from_toml(&config.to_toml()).unwrap();
         assert_eq!(parsed, config);
@@ -316,6 +342,32 @@ mod tests {
         assert_eq!(config.seed, 9);
         assert_eq!(config.training.epochs, 2);
         assert_eq!(config.training.episodes_per_epoch, 1000);
+    }
+
+    #[test]
+    fn schedule_keys_are_optional() {
+        let config = TrainConfig::from_toml("[schedule]\nkind = \"cosine\"\n").unwrap();
+        assert_eq!(config.schedule.kind, ScheduleKind::Cosine);
+        assert_eq!(config.schedule.min_lr, 0.0);
+        let config = TrainConfig::from_toml("[schedule]\ngamma = 0.5\n").unwrap();
+        assert_eq!(config.schedule.kind, ScheduleKind::Step);
+        assert_eq!(config.schedule.milestones, vec![5]);
+    }
+
+    #[test]
+    fn cosine_floor_above_lr_is_rejected() {
+        let mut config = TrainConfig::default();
+        config.schedule.kind = ScheduleKind::Cosine;
+        config.schedule.min_lr = 0.01;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("schedule.min_lr = 0.01"), "{message}");
+    }
+
+    #[test]
+    fn episode_keys_are_optional() {
+        let config = TrainConfig::from_toml("[episodes]\nn_query = 5\n").unwrap();
+        assert_eq!(config.episodes.n_query, 5);
+        assert_eq!(config.episodes.n_way, 5);
     }
 
     #[test]
@@ -334,17 +386,18 @@ mod tests {
 
     #[test]
     fn step_schedule_drops_at_milestone() {
-        let schedule = LrSchedule::Step {
-            milestones: vec![5],
-            gamma: 0.1,
-        };
+        let schedule = LrSchedule::default();
         assert_eq!(schedule.learning_rate(1e-3, 4.99, 10), 1e-3);
         assert!((schedule.learning_rate(1e-3, 5.0, 10) - 1e-4).abs() < 1e-12);
     }
 
     #[test]
     fn cosine_schedule_ends_at_min() {
-        let schedule = LrSchedule::Cosine { min_lr: 1e-5 };
+        let schedule = LrSchedule {
+            kind: ScheduleKind::Cosine,
+            min_lr: 1e-5,
+            ..LrSchedule::default()
+        };
         assert!((schedule.learning_rate(1e-3, 0.0, 4) - 1e-3).abs() < 1e-12);
         assert!((schedule.learning_rate(1e-3, 4.0, 4) - 1e-5).abs() < 1e-12);
     }

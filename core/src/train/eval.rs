@@ -38,7 +38,12 @@ pub struct EvalSummary {
     pub n_query: usize,
     /// The epoch of the evaluated checkpoint.
     pub checkpoint_epoch: usize,
+    /// The dataset folder and the fingerprint of the split's class and photo names.
+    pub data: String,
+    pub data_fingerprint: String,
     pub device: String,
+    /// Seconds since the Unix epoch when the evaluation finished.
+    pub unix_time: u64,
     pub seconds: f64,
     /// Accuracy of every episode in percent, in episode order.
     pub per_episode: Vec<f64>,

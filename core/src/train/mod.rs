@@ -7,11 +7,11 @@ mod progress;
 mod run;
 mod trainer;
 
-pub use checkpoint::{CheckpointError, load_model};
-pub use config::{ConfigError, LrSchedule, TrainConfig};
+pub use checkpoint::{CheckpointError, ChosenCheckpoint, choose_checkpoint, load_model};
+pub use config::{ConfigError, LrSchedule, ScheduleKind, TrainConfig};
 pub use eval::{EvalOptions, EvalSummary, evaluate, evaluate_episodes, mean_and_ci95};
 pub use progress::{NoProgress, Progress};
-pub use run::{RunError, RunFolder, RunInfo};
+pub use run::{BestEpoch, Resume, RunError, RunFolder, RunInfo};
 pub use trainer::{
     EpochMetrics, TrainError, TrainOptions, TrainOutcome, check_episode_data, train,
 };

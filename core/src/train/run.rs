@@ -20,20 +20,28 @@ use std::path::{Path, PathBuf};
 /// Errors about the run folder itself.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("failed to write {path}: {source}")]
+    #[error("failed to write {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("failed to read {path}: {source}")]
+    #[error("failed to read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "{path} is not a run folder (it has no config.toml); pass the folder that `metairnet train --run` created"
     )]
     NotARun { path: PathBuf },
+    #[error(
+        "run folder {path} does not exist; pass the folder that `metairnet train --run` created"
+    )]
+    MissingRun { path: PathBuf },
+    #[error(
+        "{path} already exists and is not a run folder (it has files but no config.toml); choose a new or empty folder for --run"
+    )]
+    NotEmpty { path: PathBuf },
     #[error(
         "run {path} has no finished epoch yet; train it first (`metairnet train --run {path}`)"
     )]
@@ -44,32 +52,50 @@ pub enum RunError {
     Config(#[from] ConfigError),
 }
 
+/// One later invocation that resumed the run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Resume {
+    pub unix_time: u64,
+    pub git_commit: String,
+    pub device: String,
+    pub command: Vec<String>,
+}
+
 /// Facts about a run that are not part of its configuration.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunInfo {
     pub seed: u64,
     pub git_commit: String,
     pub data: PathBuf,
+    /// Fingerprint of the base and validation class names and photo file names; resuming
+    /// requires the same value. Empty in runs made before fingerprints were recorded.
+    #[serde(default)]
+    pub data_fingerprint: String,
     pub device: String,
     pub command: Vec<String>,
     pub metairnet_version: String,
     pub burn_version: String,
     /// Seconds since the Unix epoch when the run folder was created.
     pub created_unix: u64,
+    /// Every later invocation that resumed this run.
+    #[serde(default)]
+    pub resumes: Vec<Resume>,
 }
 
 impl RunInfo {
     /// Describes a run started now.
-    pub fn new(seed: u64, data: &Path, device: &str) -> RunInfo {
+    pub fn new(seed: u64, data: &Path, data_fingerprint: &str, device: &str) -> RunInfo {
         RunInfo {
             seed,
             git_commit: crate::GIT_COMMIT.to_string(),
             data: data.to_path_buf(),
+            data_fingerprint: data_fingerprint.to_string(),
             device: device.to_string(),
             command: std::env::args().collect(),
             metairnet_version: env!("CARGO_PKG_VERSION").to_string(),
             burn_version: "0.22.1".to_string(),
             created_unix: unix_seconds(),
+            resumes: Vec::new(),
         }
     }
 }
@@ -98,6 +124,11 @@ impl RunFolder {
         let run = RunFolder {
             path: path.to_path_buf(),
         };
+        if !path.exists() {
+            return Err(RunError::MissingRun {
+                path: path.to_path_buf(),
+            });
+        }
         if !run.config_path().is_file() {
             return Err(RunError::NotARun {
                 path: path.to_path_buf(),
@@ -120,6 +151,12 @@ impl RunFolder {
         let run = RunFolder {
             path: path.to_path_buf(),
         };
+        let has_files = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some());
+        if has_files {
+            return Err(RunError::NotEmpty {
+                path: path.to_path_buf(),
+            });
+        }
         create_dir(&run.checkpoints_dir())?;
         write_file(&run.path.join("run.json"), &to_json_pretty(info))?;
         // config.toml last: its presence marks a complete run folder.
@@ -162,6 +199,23 @@ impl RunFolder {
         write_file(&self.config_path(), config.to_toml().as_bytes())
     }
 
+    /// Reads `run.json`.
+    pub fn info(&self) -> Result<RunInfo, RunError> {
+        read_json(&self.path.join("run.json"))
+    }
+
+    /// Appends a resume record to `run.json`.
+    pub fn record_resume(&self, device: &str) -> Result<(), RunError> {
+        let mut info = self.info()?;
+        info.resumes.push(Resume {
+            unix_time: unix_seconds(),
+            git_commit: crate::GIT_COMMIT.to_string(),
+            device: device.to_string(),
+            command: std::env::args().collect(),
+        });
+        write_file(&self.path.join("run.json"), &to_json_pretty(&info))
+    }
+
     /// Reads the best epoch, if any epoch has finished.
     pub fn best(&self) -> Result<Option<BestEpoch>, RunError> {
         let path = self.best_path();
@@ -177,9 +231,9 @@ impl RunFolder {
         if !dir.is_dir() {
             return Ok(None);
         }
-        let entries = std::fs::read_dir(&dir).map_err(|source| RunError::Read {
+        let entries = std::fs::read_dir(&dir).map_err(|error| RunError::Read {
             path: dir.clone(),
-            source,
+            error,
         })?;
         let mut latest: Option<(usize, PathBuf)> = None;
         for entry in entries.flatten() {
@@ -205,16 +259,16 @@ pub(crate) fn unix_seconds() -> u64 {
 }
 
 pub(crate) fn create_dir(path: &Path) -> Result<(), RunError> {
-    std::fs::create_dir_all(path).map_err(|source| RunError::Write {
+    std::fs::create_dir_all(path).map_err(|error| RunError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
-    write_atomically(path, bytes).map_err(|source| RunError::Write {
+    write_atomically(path, bytes).map_err(|error| RunError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -225,9 +279,9 @@ pub(crate) fn to_json_pretty<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RunError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| RunError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     serde_json::from_str(&text).map_err(|e| RunError::Corrupt {
         path: path.to_path_buf(),

@@ -367,3 +367,56 @@ fn rewrite_metrics(run: &RunFolder, history: &[EpochMetrics]) -> Result<(), RunE
     }
     write_file(&run.metrics_path(), text.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Repeating one episode must drive its loss down: the forward pass, the gradients and the
+    /// optimizer step fit together.
+    #[test]
+    fn adam_fits_one_episode() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let mut model = Conv4Config::new().init(&device);
+        let mut optimizer = AdamConfig::new()
+            .with_epsilon(1e-8)
+            .with_amsgrad(true)
+            .init();
+        let (n_way, n_query) = (3, 2);
+        let count = n_way + n_way * n_query;
+        let pixels: Vec<f32> = (0..count * 3 * 84 * 84)
+            .map(|i| (((i * 2_654_435_761usize) >> 7) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let labels: Vec<i64> = (0..n_way * n_query).map(|i| (i / n_query) as i64).collect();
+
+        let mut losses = Vec::new();
+        for _ in 0..15 {
+            let images = Tensor::<4>::from_data(
+                TensorData::new(pixels.clone(), [count, 3, 84, 84]),
+                &device,
+            );
+            let label_tensor = Tensor::<1, Int>::from_data(
+                TensorData::new(labels.clone(), [labels.len()]),
+                &device,
+            );
+            let embeddings = model.forward(images);
+            let support = embeddings.clone().narrow(0, 0, n_way);
+            let queries = embeddings.narrow(0, n_way, n_way * n_query);
+            let loss = protonet_loss(
+                query_logits(queries, prototypes(support, n_way)),
+                label_tensor,
+            );
+            losses.push(loss.clone().into_scalar::<f32>());
+            let gradients = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(1e-3, model, gradients);
+        }
+        let first = losses[0];
+        let last = *losses.last().unwrap();
+        assert!(first.is_finite() && first > 0.0, "first loss {first}");
+        assert!(
+            last < 0.1 * first,
+            "loss went from {first} to {last}: {losses:?}"
+        );
+    }
+}
