@@ -2,7 +2,7 @@
 //!
 //! Episode `i` of a sampler depends only on the seed and `i` (it is drawn from stream `i` of a
 //! ChaCha8 generator seeded with the seed), so the same seed gives the same episodes on every
-//! device and in every order, and a resumed run sees exactly the episodes it would have seen.
+//! device and in every order, and a resumed run gets exactly the episodes it would have had.
 
 use crate::data::{DataError, ImageStore, Split, write_normalized_chw};
 use rand::{Rng, SeedableRng};
@@ -37,8 +37,9 @@ impl EpisodeShape {
     }
 }
 
-/// One episode: `n_way` classes of the store, and image indices in class-major order (all
-/// support images of the first class, then of the second, and so on; likewise for queries).
+/// One episode: `n_way` classes of the store and the indices of their images. Indices are in
+/// class-major order: all support images of the first class, then of the second, and so on, and
+/// the queries likewise.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Episode {
     pub classes: Vec<usize>,

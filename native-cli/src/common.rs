@@ -96,8 +96,8 @@ pub fn load_split(
 /// The `--device` option.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeviceArgs {
-    /// Where to compute: auto (a GPU through wgpu when one exists, else the CPU), wgpu (any wgpu
-    /// adapter, software ones included) or cpu.
+    /// Device to compute on: auto (a GPU through wgpu when one exists, else the CPU), wgpu
+    /// (any wgpu adapter, software ones included) or cpu.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceChoice,
 }
@@ -142,7 +142,7 @@ pub fn checkpoint_dir(run: &metairnet::train::RunFolder, newest: bool) -> Result
     Ok((chosen.epoch, chosen.dir))
 }
 
-/// Opens a run folder with an error that says what a run folder is.
+/// Opens a run folder, adding its path to any error.
 pub fn open_run(path: &Path) -> Result<metairnet::train::RunFolder> {
     metairnet::train::RunFolder::open(path)
         .with_context(|| format!("cannot use run folder {}", path.display()))
@@ -151,7 +151,7 @@ pub fn open_run(path: &Path) -> Result<metairnet::train::RunFolder> {
 /// Sets process-wide backend settings for the chosen device, unless the user set them.
 ///
 /// Burn places tensors that it creates without a device (optimizer state read from a
-/// checkpoint) on the default backend, which `BURN_DEVICE` names; without it a CPU run would
+/// checkpoint) on the default backend, which `BURN_DEVICE` names. Without it, a CPU run would
 /// start the Vulkan driver. On a software rasteriser, autotuning every kernel takes minutes,
 /// so CubeCL's autotuning is reduced to its minimal level there.
 fn configure_backend(selected: &SelectedDevice) {
@@ -172,7 +172,7 @@ fn configure_backend(selected: &SelectedDevice) {
 }
 
 /// Replaces Rust's panic output (a bug report, with a backtrace only when RUST_BACKTRACE is
-/// set) by one line that says what happened.
+/// set) by one line with the panic message.
 pub fn install_panic_hook() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -37,7 +37,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Info messages of this tool only: Burn's and CubeCL's (autotuning, for example) stay at
-    // warnings unless RUST_LOG asks for more.
+    // warnings unless RUST_LOG requests more.
     let filter = if cli.quiet {
         "warn"
     } else {

@@ -13,7 +13,7 @@ pub struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
 
-    /// Run folder for the configuration, metrics and checkpoints. If it already holds a run,
+    /// Run folder for the configuration, metrics and checkpoints. If it already contains a run,
     /// training resumes after its newest checkpoint.
     #[arg(long, value_name = "DIR")]
     run: PathBuf,
@@ -94,6 +94,7 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     let config = if resuming {
         resumed_config(&args)?
     } else {
+        RunFolder::check_creatable(&args.run)?;
         let mut config = match &args.config {
             Some(path) => TrainConfig::from_file(path)?,
             None => TrainConfig::default(),

@@ -61,6 +61,18 @@ fn tiny_training(data: &Path, run: &Path, cache: &Path, epochs: &str) -> Vec<Str
     .collect()
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -73,7 +85,7 @@ fn read_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The photos of the class folder whose name starts with `prefix`, sorted.
+/// Lists the photos of the class folder whose name starts with `prefix`, sorted.
 fn class_photos(prefix: &str) -> Vec<PathBuf> {
     let images = cub50().join("CUB_200_2011/images");
     let folder = std::fs::read_dir(&images)
@@ -144,6 +156,37 @@ fn train_eval_classify_on_cub50() {
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(per_episode_file).unwrap()).unwrap();
     assert_eq!(saved["per_episode"].as_array().unwrap().len(), 6);
+
+    // A damaged weight file must be an error, not a different model.
+    let copy = work.path().join("damaged-run");
+    copy_dir(&run_dir, &copy);
+    let model_file = copy.join("checkpoints/epoch-0002/model.bpk");
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("best.json")).unwrap()).unwrap();
+    let model_file = if best["epoch"] == 2 {
+        model_file
+    } else {
+        copy.join("checkpoints/epoch-0001/model.bpk")
+    };
+    let mut bytes = std::fs::read(&model_file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    std::fs::write(&model_file, bytes).unwrap();
+    let output = run(&[
+        "eval",
+        "--device",
+        "cpu",
+        "--data",
+        cub50().to_str().unwrap(),
+        "--run",
+        copy.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--episodes",
+        "2",
+    ]);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("checksum"), "{}", text(&output));
 
     // Support: the first photo of three novel classes; query: a later photo of the second.
     let support = work.path().join("support");
@@ -222,6 +265,15 @@ fn training_resumes_after_kill() {
         "the finished epoch is kept as it was"
     );
     assert!(run_dir.join("checkpoints/epoch-0003").is_dir());
+
+    let fewer = tiny_training(&cub50(), &run_dir, &cache, "2");
+    let output = run(&as_strs(&fewer));
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("has already finished 3 epochs"),
+        "{}",
+        text(&output)
+    );
 }
 
 #[test]
@@ -237,13 +289,18 @@ fn resume_rejects_changed_config() {
     let output = run(&as_strs(&changed));
     assert!(!output.status.success());
     assert!(
+        text(&output).contains("episodes.n_shot: 1 -> 2"),
+        "{}",
+        text(&output)
+    );
+    assert!(
         text(&output).contains("only --epochs and --lr may change"),
         "{}",
         text(&output)
     );
 }
 
-/// A dataset of class folders built from real photos: `classes` folders of `per_class` photos.
+/// Builds a dataset of `classes` class folders of `per_class` real photos each.
 fn small_dataset(root: &Path, classes: usize, per_class: usize) {
     let images = cub50().join("CUB_200_2011/images");
     let mut folders: Vec<PathBuf> = std::fs::read_dir(images)
@@ -375,7 +432,31 @@ fn small_class_is_named_before_training() {
 fn invalid_options_are_explained() {
     let work = tempfile::tempdir().unwrap();
     let run_dir = work.path().join("run");
-    let cases: [(Vec<&str>, &str); 4] = [
+    let occupied = work.path().join("notes");
+    std::fs::create_dir_all(&occupied).unwrap();
+    std::fs::write(occupied.join("notes.txt"), "field notes").unwrap();
+    let cub = cub50();
+    let cases: [(Vec<&str>, &str); 7] = [
+        (
+            vec![
+                "train",
+                "--data",
+                cub.to_str().unwrap(),
+                "--run",
+                occupied.to_str().unwrap(),
+                "--epochs",
+                "1",
+            ],
+            "is not a run folder",
+        ),
+        (
+            vec!["eval", "--data", ".", "--run", "/no/such/run"],
+            "run folder /no/such/run does not exist",
+        ),
+        (
+            vec!["bench", "--device", "cpu", "--n-shot", "0"],
+            "--n-shot and --n-query at least 1",
+        ),
         (
             vec![
                 "train",

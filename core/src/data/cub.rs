@@ -2,9 +2,8 @@
 //!
 //! A dataset folder is either `CUB_200_2011` itself (holding `images/` and the metadata files),
 //! its parent, or any folder of class subfolders. When `classes.txt`, `images.txt` and
-//! `image_class_labels.txt` are present they define the classes and images; otherwise every
-//! subfolder of `images/` (or of the folder itself) is a class and every image file in it a
-//! sample.
+//! `image_class_labels.txt` are present, they define the classes and images. Without them,
+//! every subfolder of `images/` (or of the folder itself) that contains image files is a class.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -78,7 +77,7 @@ pub enum DataError {
     Cache { path: PathBuf, reason: String },
 }
 
-/// A part of the dataset selected by class, following the standard few-shot split: with the
+/// A part of the dataset selected by class, following the standard few-shot split. With the
 /// class folders sorted by name and indexed from 0, index `i` is a base class when `i % 2 == 0`,
 /// a validation class when `i % 4 == 1` and a novel class when `i % 4 == 3`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -173,7 +172,7 @@ impl Dataset {
     ///
     /// # Errors
     /// [`DataError::MissingRoot`] when `dir` does not exist, [`DataError::NoClasses`] when it
-    /// holds no class, [`DataError::Metadata`] for a malformed metadata file and
+    /// contains no class, [`DataError::Metadata`] for a malformed metadata file and
     /// [`DataError::Io`] when a folder cannot be listed. Missing or unreadable image files are
     /// found later, when the images are decoded.
     pub fn open(dir: &Path) -> Result<Dataset, DataError> {

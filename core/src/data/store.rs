@@ -28,7 +28,7 @@ pub struct SkippedImage {
     pub reason: String,
 }
 
-/// What loading did besides returning the images.
+/// The outcome of loading besides the images.
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
     pub skipped: Vec<SkippedImage>,
@@ -159,7 +159,7 @@ impl ImageStore {
         self.paths.len()
     }
 
-    /// Returns whether the store holds no image.
+    /// Returns whether the store contains no image.
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
     }

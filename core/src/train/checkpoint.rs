@@ -177,15 +177,16 @@ pub struct ChosenCheckpoint {
     /// 1-based epoch number.
     pub epoch: usize,
     pub dir: PathBuf,
-    /// Why a fallback was taken, for a warning; `None` when the requested checkpoint was used.
+    /// The reason a fallback was taken, for a warning, or `None` when the requested checkpoint was
+    /// used.
     pub fallback: Option<String>,
 }
 
 /// Finds the best checkpoint of a run (or the newest with `newest`).
 ///
-/// The best epoch comes from `best.json`; when that file is missing or names a deleted folder,
-/// the best epoch recorded in the newest checkpoint is used, and failing that the newest
-/// checkpoint itself.
+/// The best epoch comes from `best.json`. When that file is missing, the best epoch recorded in
+/// the newest checkpoint is used. When neither exists or the best folder was deleted, the newest
+/// checkpoint is used.
 ///
 /// # Errors
 /// [`RunError::NoCheckpoint`] when no epoch has finished.

@@ -63,7 +63,7 @@ pub struct OptimizerSection {
     pub amsgrad: bool,
 }
 
-/// How the learning rate changes over epochs.
+/// The learning-rate schedule over epochs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LrSchedule {

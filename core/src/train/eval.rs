@@ -7,7 +7,7 @@ use crate::model::{Conv4, accuracy, prototypes, query_logits};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Which episodes to score.
+/// The episodes to score.
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
     pub split: Split,

@@ -137,9 +137,20 @@ impl RunFolder {
         Ok(run)
     }
 
-    /// Returns whether `path` holds a run (a `config.toml`).
+    /// Returns whether `path` contains a run (a `config.toml`).
     pub fn exists(path: &Path) -> bool {
         path.join("config.toml").is_file()
+    }
+
+    /// Checks that `path` can become a new run folder: it does not exist or is empty.
+    pub fn check_creatable(path: &Path) -> Result<(), RunError> {
+        let has_files = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some());
+        if has_files || path.is_file() {
+            return Err(RunError::NotEmpty {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(())
     }
 
     /// Creates a run folder and writes its configuration and run information.
@@ -151,12 +162,7 @@ impl RunFolder {
         let run = RunFolder {
             path: path.to_path_buf(),
         };
-        let has_files = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_some());
-        if has_files {
-            return Err(RunError::NotEmpty {
-                path: path.to_path_buf(),
-            });
-        }
+        Self::check_creatable(path)?;
         create_dir(&run.checkpoints_dir())?;
         write_file(&run.path.join("run.json"), &to_json_pretty(info))?;
         // config.toml last: its presence marks a complete run folder.

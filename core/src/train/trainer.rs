@@ -39,7 +39,8 @@ pub enum TrainError {
         value: f32,
         epoch: usize,
         episode: usize,
-        /// What the run folder keeps, e.g. "the last good checkpoint, checkpoints/epoch-0003, is kept".
+        /// A sentence on what the run folder keeps, e.g. "the last good checkpoint,
+        /// checkpoints/epoch-0003, is kept".
         kept: String,
     },
 }
@@ -60,7 +61,7 @@ pub struct EpochMetrics {
     pub train_episodes_per_second: f64,
 }
 
-/// What a checkpoint records besides weights and optimizer state.
+/// The trainer state that a checkpoint records besides weights and optimizer state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct TrainerState {
     pub epochs_done: usize,
@@ -80,7 +81,7 @@ pub struct TrainOptions<'a> {
     pub progress: &'a dyn Progress,
 }
 
-/// What happened in a call to [`train`].
+/// The outcome of a call to [`train`].
 #[derive(Clone, Debug)]
 pub struct TrainOutcome {
     /// Epoch the run resumed after (0 for a fresh run).
@@ -413,7 +414,8 @@ mod tests {
         }
         let first = losses[0];
         let last = *losses.last().unwrap();
-        assert!(first.is_finite() && first > 0.0, "first loss {first}");
+        assert!(first.is_finite(), "first loss {first}");
+        assert!(first > 0.0, "first loss {first}");
         assert!(
             last < 0.1 * first,
             "loss went from {first} to {last}: {losses:?}"
