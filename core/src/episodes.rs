@@ -1,8 +1,8 @@
 //! Seeded N-way K-shot Q-query episode sampling.
 //!
-//! Episode `i` of a sampler depends only on the seed and `i` (it is drawn from stream `i` of a
-//! ChaCha8 generator seeded with the seed), so the same seed gives the same episodes on every
-//! device and in every order, and a resumed run gets exactly the episodes it would have had.
+//! Episode `i` of a sampler is drawn from stream `i` of a ChaCha8 generator seeded with the
+//! seed, so it depends on nothing else. The same seed gives the same episodes on every device
+//! and in every order, and a resumed run gets exactly the episodes it would have had.
 
 use crate::data::{DataError, ImageStore, Split, write_normalized_chw};
 use rand::{Rng, SeedableRng};

@@ -2,9 +2,10 @@
 //!
 //! This crate contains the data pipeline for bird photos in the CUB-200-2011 layout, the Conv4
 //! backbone with the ProtoNet head, episodic training with run folders and checkpoints, and
-//! evaluation with 95% confidence intervals. The `train` feature (on by default) adds
-//! everything that reads datasets from disk or trains; without it the crate keeps the model and
-//! preprocessing, which is what the browser build needs.
+//! evaluation with 95% confidence intervals.
+//!
+//! The `train` feature (on by default) adds everything that reads datasets from disk or trains.
+//! Without it the crate keeps the model and preprocessing, which is what the browser build needs.
 
 pub mod classify;
 pub mod data;

@@ -15,7 +15,7 @@ use metairnet_tests::cub50_dir;
 /// Relative tolerance on the loss and on each logit: float32 sums in a different order.
 const VALUE_TOLERANCE: f32 = 1e-3;
 /// Tolerance on the L2 norm of each parameter's gradient difference, relative to the gradient's
-/// norm; single entries may differ by five times this, relative to the largest entry.
+/// norm. Single entries may differ by five times this, relative to the largest entry.
 const GRADIENT_TOLERANCE: f32 = 1e-2;
 
 struct GradientCollector<'a> {
@@ -169,8 +169,8 @@ fn wgpu_matches_cpu_on_real_episode() {
                 "block {block} {name}: relative L2 gradient difference {}",
                 difference_norm / norm
             );
-            // NOTE: single entries differ by up to about 1.2% of the largest entry on lavapipe;
-            // the cause (summation order or max-pool ties) is not pinned down.
+            // NOTE: single entries differ by up to about 1.2% of the largest entry on lavapipe.
+            // The cause, summation order or max-pool ties, is not pinned down.
             assert!(
                 worst / scale < 5.0 * GRADIENT_TOLERANCE,
                 "block {block} {name}: max gradient difference {worst} vs scale {scale}"
