@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use metairnet::device::{DeviceChoice, SelectedDevice, list_adapters};
-use metairnet::model::{Conv4Config, protonet_loss, prototypes, query_logits};
+use metairnet::model::{Conv4Config, protonet_logits, protonet_loss};
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
@@ -163,12 +163,8 @@ fn measure(selected: &SelectedDevice, args: &BenchArgs) -> Figures {
         let label_tensor =
             Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [n_query]), &train_device);
         let embeddings = model.forward(images);
-        let support = embeddings.clone().narrow(0, 0, n_support);
-        let queries = embeddings.narrow(0, n_support, n_query);
-        let loss = protonet_loss(
-            query_logits(queries, prototypes(support, args.n_way)),
-            label_tensor,
-        );
+        let logits = protonet_logits(embeddings, n_support, args.n_way);
+        let loss = protonet_loss(logits, label_tensor);
         let _ = loss.clone().into_scalar::<f32>();
         let gradients = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(1e-3, model.clone(), gradients);
@@ -187,9 +183,7 @@ fn measure(selected: &SelectedDevice, args: &BenchArgs) -> Figures {
         let images =
             Tensor::<4>::from_data(TensorData::new(pixels.clone(), [count, 3, 84, 84]), device);
         let embeddings = eval_model.forward(images);
-        let support = embeddings.clone().narrow(0, 0, n_support);
-        let queries = embeddings.narrow(0, n_support, n_query);
-        let logits = query_logits(queries, prototypes(support, args.n_way));
+        let logits = protonet_logits(embeddings, n_support, args.n_way);
         let _ = logits.into_data();
     };
     for _ in 0..args.warmup {

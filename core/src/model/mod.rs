@@ -4,4 +4,4 @@ mod conv4;
 mod protonet;
 
 pub use conv4::{Conv4, Conv4Config};
-pub use protonet::{accuracy, protonet_loss, prototypes, query_logits};
+pub use protonet::{accuracy, protonet_logits, protonet_loss, prototypes, query_logits};

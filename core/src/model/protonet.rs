@@ -39,6 +39,19 @@ pub fn query_logits(queries: Tensor<2>, prototypes: Tensor<2>) -> Tensor<2> {
         .neg()
 }
 
+/// Splits an episode's embeddings into support (first `n_support` rows, class-major) and
+/// queries (the rest) and returns the query logits against the class prototypes.
+///
+/// # Shapes
+/// - `embeddings`: `[n_support + n_query, dim]`
+/// - output: `[n_query, n_way]`
+pub fn protonet_logits(embeddings: Tensor<2>, n_support: usize, n_way: usize) -> Tensor<2> {
+    let [count, _] = embeddings.dims();
+    let support = embeddings.clone().narrow(0, 0, n_support);
+    let queries = embeddings.narrow(0, n_support, count - n_support);
+    query_logits(queries, prototypes(support, n_way))
+}
+
 /// Computes the mean cross-entropy of `logits` against integer `labels`.
 ///
 /// # Shapes

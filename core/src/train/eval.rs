@@ -3,7 +3,7 @@
 use super::progress::Progress;
 use crate::data::{ImageStore, Split};
 use crate::episodes::{Episode, EpisodeSampler};
-use crate::model::{Conv4, accuracy, prototypes, query_logits};
+use crate::model::{Conv4, accuracy, protonet_logits};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -80,10 +80,7 @@ pub fn episode_logits(
     );
 
     let embeddings = model.forward(images);
-    let support = embeddings.clone().narrow(0, 0, episode.support.len());
-    let queries = embeddings.narrow(0, episode.support.len(), episode.query.len());
-    let protos = prototypes(support, n_way);
-    let logits = query_logits(queries, protos);
+    let logits = protonet_logits(embeddings, episode.support.len(), n_way);
 
     logits
         .into_data()

@@ -15,7 +15,7 @@ use super::progress::Progress;
 use super::run::{BestEpoch, RunError, RunFolder, to_json_pretty, write_file};
 use crate::data::{DataError, ImageStore, Split};
 use crate::episodes::{Episode, EpisodeSampler};
-use crate::model::{Conv4, Conv4Config, accuracy, protonet_loss, prototypes, query_logits};
+use crate::model::{Conv4, Conv4Config, accuracy, protonet_logits, protonet_loss};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -309,9 +309,7 @@ fn train_epoch(
             Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [labels.len()]), device);
 
         let embeddings = model.forward(images);
-        let support = embeddings.clone().narrow(0, 0, episode.support.len());
-        let queries = embeddings.narrow(0, episode.support.len(), episode.query.len());
-        let logits = query_logits(queries, prototypes(support, shape.n_way));
+        let logits = protonet_logits(embeddings, episode.support.len(), shape.n_way);
         let loss = protonet_loss(logits.clone(), label_tensor);
 
         let loss_value = loss.clone().into_scalar::<f32>();
@@ -372,6 +370,7 @@ fn rewrite_metrics(run: &RunFolder, history: &[EpochMetrics]) -> Result<(), RunE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{prototypes, query_logits};
 
     /// Repeating one episode must drive its loss down: the forward pass, the gradients and the
     /// optimizer step fit together.
