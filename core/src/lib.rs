@@ -14,6 +14,7 @@ pub mod device;
 pub mod episodes;
 pub mod hash;
 pub mod model;
+pub mod ops;
 #[cfg(feature = "train")]
 pub mod train;
 

@@ -1,5 +1,6 @@
 //! `metairnet`: train, evaluate and apply one-shot bird recognisers from the command line.
 
+mod allocator;
 mod bench;
 mod classify;
 mod common;
@@ -35,6 +36,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     let cli = Cli::parse();
     // Info messages of this tool only: Burn's and CubeCL's (autotuning, for example) stay at
     // warnings unless RUST_LOG requests more.

@@ -48,7 +48,7 @@ impl ConvBlock {
     }
 
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let x = self.conv.forward(input);
+        let x = crate::ops::conv2d(input, &self.conv);
         let x = self.norm.forward(x);
         let x = self.activation.forward(x);
         self.pool.forward(x)

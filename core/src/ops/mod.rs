@@ -1,0 +1,6 @@
+//! Tensor operations with backend-specific kernels.
+
+pub mod conv2d;
+mod cpu_conv;
+
+pub use conv2d::{Conv2dOps, conv2d};
