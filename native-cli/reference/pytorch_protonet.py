@@ -3,8 +3,8 @@
 Two commands:
 
   bench  times training episodes (forward, backward, Adam step) and evaluation episodes
-         (forward only, BatchNorm in evaluation mode) on random 84x84 images and prints one
-         JSON object. `metairnet bench` runs it when PyTorch is installed.
+         (forward only, BatchNorm in evaluation mode) of Conv4 or ResNet-18 on random images
+         and prints one JSON object. `metairnet bench` runs it when PyTorch is installed.
   train  trains ProtoNet Conv4 on the base classes of a CUB folder with the same recipe as
          `metairnet train` (Adam with amsgrad, 5-way 1-shot 16-query, flip augmentation) and
          prints the accuracy on fixed validation episodes after every epoch. It checks whether
@@ -43,6 +43,50 @@ def conv4():
     return nn.Sequential(*layers)
 
 
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels, out_channels, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + shortcut)
+
+
+def resnet18():
+    """torchvision's ResNet-18 layout without the classifier: 512-d embeddings."""
+    layers = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+    ]
+    channels = 64
+    for stage, width in enumerate((64, 128, 256, 512)):
+        for block in range(2):
+            layers.append(BasicBlock(channels, width, 2 if stage > 0 and block == 0 else 1))
+            channels = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+def peak_rss_bytes():
+    import resource
+
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def protonet_logits(embeddings, n_way, n_shot):
     support = embeddings[: n_way * n_shot]
     queries = embeddings[n_way * n_shot :]
@@ -57,7 +101,7 @@ def query_labels(n_way, n_query):
 
 def bench(args):
     torch.manual_seed(0)
-    model = conv4()
+    model = conv4() if args.model == "conv4" else resnet18()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-8, amsgrad=True)
     count = args.n_way * (args.n_shot + args.n_query)
     images = torch.randn(count, 3, args.side, args.side)
@@ -78,20 +122,21 @@ def bench(args):
             logits = protonet_logits(model(images), args.n_way, args.n_shot)
         return logits.argmax(1).tolist()
 
-    def episodes_per_second(step):
+    def episodes_per_second(step, episodes):
         for _ in range(args.warmup):
             step()
         start = time.perf_counter()
-        for _ in range(args.episodes):
+        for _ in range(episodes):
             step()
-        return args.episodes / (time.perf_counter() - start)
+        return episodes / (time.perf_counter() - start)
 
     result = {
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "images_per_episode": count,
-        "train_episodes_per_second": episodes_per_second(train_episode),
-        "eval_episodes_per_second": episodes_per_second(eval_episode),
+        "train_episodes_per_second": episodes_per_second(train_episode, args.episodes),
+        "eval_episodes_per_second": episodes_per_second(eval_episode, args.eval_episodes),
+        "peak_rss_bytes": peak_rss_bytes(),
     }
     print(json.dumps(result))
 
@@ -187,8 +232,10 @@ def main():
         command.add_argument("--n-query", type=int, default=16)
         command.add_argument("--threads", type=int, default=0, help="0: PyTorch's default")
     bench_parser = commands.choices["bench"]
+    bench_parser.add_argument("--model", choices=("conv4", "resnet18"), default="conv4")
     bench_parser.add_argument("--side", type=int, default=84, help="image side in pixels")
-    bench_parser.add_argument("--episodes", type=int, default=5, help="timed episodes")
+    bench_parser.add_argument("--episodes", type=int, default=5, help="timed training episodes")
+    bench_parser.add_argument("--eval-episodes", type=int, default=10, help="timed evaluation episodes")
     bench_parser.add_argument("--warmup", type=int, default=1, help="untimed episodes first")
     train_parser = commands.choices["train"]
     train_parser.add_argument("--data", required=True, help="CUB_200_2011 folder")

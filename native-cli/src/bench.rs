@@ -1,4 +1,5 @@
-//! `metairnet bench`: episodes per second of ProtoNet Conv4 on synthetic 84x84 episodes.
+//! `metairnet bench`: episodes per second and GFLOP/s of ProtoNet Conv4 or ResNet-18 on
+//! synthetic episodes, with the same episode in PyTorch for comparison when it is installed.
 
 use crate::common::DeviceArgs;
 use anyhow::Result;
@@ -6,8 +7,33 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 use metairnet::device::{DeviceChoice, SelectedDevice, list_adapters};
-use metairnet::model::{Conv4Config, protonet_logits, protonet_loss};
+use metairnet::model::{Conv4Config, ResNetConfig, protonet_logits, protonet_loss};
 use std::time::Instant;
+
+/// A backbone that bench can measure.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchModel {
+    /// Four 3x3 convolution blocks with 64 channels, 1600-d embedding at 84x84.
+    Conv4,
+    /// torchvision's ResNet-18 without the classifier, 512-d embedding.
+    Resnet18,
+}
+
+impl BenchModel {
+    fn name(self) -> &'static str {
+        match self {
+            BenchModel::Conv4 => "Conv4",
+            BenchModel::Resnet18 => "ResNet-18",
+        }
+    }
+
+    fn cli_name(self) -> &'static str {
+        match self {
+            BenchModel::Conv4 => "conv4",
+            BenchModel::Resnet18 => "resnet18",
+        }
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -15,6 +41,20 @@ pub struct BenchArgs {
     /// auto, wgpu, cpu.
     #[arg(long, default_value = "all", value_name = "DEVICE")]
     device: String,
+
+    /// Backbone under the ProtoNet head.
+    #[arg(long, value_enum, default_value = "conv4")]
+    model: BenchModel,
+
+    /// Side of the square input images, in pixels (84 for Conv4, 224 for ImageNet-sized
+    /// ResNet-18 inputs).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 84,
+        value_name = "PIXELS"
+    )]
+    image_size: usize,
 
     /// Timed training episodes per device, after the warm-up.
     #[arg(
@@ -54,11 +94,23 @@ pub struct BenchArgs {
     /// Query images per class.
     #[arg(long, allow_negative_numbers = true, default_value_t = 16)]
     n_query: usize,
+
+    /// Python interpreter for the PyTorch reference, run on the same episode after the Burn
+    /// devices; the comparison is skipped with a message when it cannot import torch.
+    #[arg(long, default_value = "python3", value_name = "PROGRAM")]
+    python: String,
+
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    no_pytorch: bool,
 }
 
 /// The largest episode measured, in images: 1000 images of 84x84 take about 7 GiB for the first
 /// Conv4 activation and its gradient.
 const MAX_IMAGES: usize = 1000;
+
+/// The PyTorch reference, passed to the interpreter on standard input.
+const PYTORCH_REFERENCE: &str = include_str!("../reference/pytorch_protonet.py");
 
 struct Figures {
     train_per_second: f64,
@@ -93,44 +145,65 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<()> {
             args.n_query
         );
     }
+    let smallest = match args.model {
+        BenchModel::Conv4 => 16,
+        BenchModel::Resnet18 => 32,
+    };
+    if !(smallest..=1024).contains(&args.image_size) {
+        anyhow::bail!(
+            "invalid --image-size {}: {} needs between {smallest} and 1024 pixels",
+            args.image_size,
+            args.model.name()
+        );
+    }
     let images = args.n_way * (args.n_shot + args.n_query);
     if images > MAX_IMAGES {
         anyhow::bail!(
             "an episode of {images} images is larger than the {MAX_IMAGES} that bench allows; lower --n-way, --n-shot or --n-query"
         );
     }
+    let side = args.image_size;
+    let flops = EpisodeFlops::of(args.model, images, side);
     println!(
-        "ProtoNet Conv4, {}-way {}-shot {}-query, {images} images of 84x84 per episode (synthetic pixels)",
-        args.n_way, args.n_shot, args.n_query
+        "ProtoNet {}, {}-way {}-shot {}-query, {images} images of {side}x{side} per episode (synthetic pixels)",
+        args.model.name(),
+        args.n_way,
+        args.n_shot,
+        args.n_query
+    );
+    println!(
+        "convolution work per episode: {:.1} GFLOP training, {:.1} GFLOP evaluation",
+        flops.train / 1e9,
+        flops.eval / 1e9
     );
     let mut failures = 0;
+    let mut cpu_figures = None;
     for choice in choices {
         let selected = crate::common::DeviceArgs { device: choice }.select()?;
-        let bytes = Conv4Config::new().largest_activation_bytes(images, 84);
+        let bytes = (images * 64 * side * side * 4) as u64;
         if let Err(message) =
             selected.check_buffer(bytes, &format!("an episode of {images} images"))
         {
-            println!("{:<60} skipped: {message}", selected.description);
+            println!("{:<44} skipped: {message}", selected.description);
             continue;
         }
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| measure(&selected, &args)));
         match outcome {
             Ok(figures) => {
-                let memory = match figures.peak_bytes {
-                    Some(bytes) => format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0)),
-                    None => "n/a".to_string(),
-                };
-                println!(
-                    "{:<60} train {:>6.3} episodes/s  eval {:>6.3} episodes/s  peak memory {memory}",
-                    selected.description, figures.train_per_second, figures.eval_per_second
-                );
+                println!("{}", figures_line(&selected.description, &figures, &flops));
+                if choice == DeviceChoice::Cpu {
+                    cpu_figures = Some(figures);
+                }
             }
             Err(_) => {
-                println!("{:<60} failed (see the error above)", selected.description);
+                println!("{:<44} failed (see the error above)", selected.description);
                 failures += 1;
             }
         }
+    }
+    if !args.no_pytorch {
+        compare_with_pytorch(&args, &flops, cpu_figures.as_ref());
     }
     if failures > 0 {
         anyhow::bail!("{failures} device(s) failed the benchmark");
@@ -138,31 +211,236 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<()> {
     Ok(())
 }
 
+fn figures_line(description: &str, figures: &Figures, flops: &EpisodeFlops) -> String {
+    let memory = match figures.peak_bytes {
+        Some(bytes) => format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0)),
+        None => "n/a".to_string(),
+    };
+    format!(
+        "{description:<44} train {:>6.3} episodes/s ({:>5.1} GFLOP/s)  eval {:>6.3} episodes/s ({:>5.1} GFLOP/s)  peak memory {memory}",
+        figures.train_per_second,
+        figures.train_per_second * flops.train / 1e9,
+        figures.eval_per_second,
+        figures.eval_per_second * flops.eval / 1e9,
+    )
+}
+
+/// Runs the PyTorch reference on the same episode shape and prints its figures and the ratio
+/// of the CPU backend to it.
+fn compare_with_pytorch(args: &BenchArgs, flops: &EpisodeFlops, cpu: Option<&Figures>) {
+    let command_line = [
+        "-".to_string(),
+        "bench".to_string(),
+        format!("--model={}", args.model.cli_name()),
+        format!("--side={}", args.image_size),
+        format!("--n-way={}", args.n_way),
+        format!("--n-shot={}", args.n_shot),
+        format!("--n-query={}", args.n_query),
+        format!("--episodes={}", args.train_episodes),
+        format!("--eval-episodes={}", args.eval_episodes),
+        format!("--warmup={}", args.warmup),
+    ];
+    let result = run_python(&args.python, &command_line);
+    let reference = match result {
+        Ok(reference) => reference,
+        Err(reason) => {
+            println!("{:<44} skipped: {reason}", "pytorch");
+            return;
+        }
+    };
+    let description = format!(
+        "pytorch {}: CPU, {} threads",
+        reference.version, reference.threads
+    );
+    let figures = Figures {
+        train_per_second: reference.train_per_second,
+        eval_per_second: reference.eval_per_second,
+        peak_bytes: reference.peak_bytes,
+    };
+    println!("{}", figures_line(&description, &figures, flops));
+    if let Some(cpu) = cpu {
+        println!(
+            "{:<44} train {:.2}x  eval {:.2}x  (above 1: the CPU backend is faster)",
+            "cpu backend / pytorch",
+            cpu.train_per_second / figures.train_per_second,
+            cpu.eval_per_second / figures.eval_per_second,
+        );
+    }
+}
+
+struct PytorchFigures {
+    version: String,
+    threads: u64,
+    train_per_second: f64,
+    eval_per_second: f64,
+    peak_bytes: Option<u64>,
+}
+
+fn run_python(python: &str, arguments: &[String]) -> Result<PytorchFigures, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(python)
+        .args(arguments)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start `{python}` ({e}); pass --python or --no-pytorch"))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin
+        .write_all(PYTORCH_REFERENCE.as_bytes())
+        .map_err(|e| format!("cannot send the reference script to `{python}` ({e})"))?;
+    drop(stdin);
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("`{python}` failed ({e})"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("No module named 'torch'") {
+        return Err(format!(
+            "PyTorch is not installed for `{python}` (pip install torch, or pass --python)"
+        ));
+    }
+    if !output.status.success() {
+        let last = stderr.lines().last().unwrap_or("no message");
+        return Err(format!("the PyTorch reference failed: {last}"));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| format!("unreadable output from the PyTorch reference ({e}): {line}"))?;
+    let number = |key: &str| {
+        value[key]
+            .as_f64()
+            .ok_or_else(|| format!("the PyTorch reference printed no `{key}`"))
+    };
+    Ok(PytorchFigures {
+        version: value["torch_version"].as_str().unwrap_or("?").to_string(),
+        threads: value["threads"].as_u64().unwrap_or(0),
+        train_per_second: number("train_episodes_per_second")?,
+        eval_per_second: number("eval_episodes_per_second")?,
+        peak_bytes: value["peak_rss_bytes"].as_u64(),
+    })
+}
+
+/// Floating-point operations of the convolutions of one episode: evaluation is the forward
+/// pass, training adds the weight gradient and the input gradient (none for the first
+/// convolution, whose input is the image). Pooling, BatchNorm, ReLU and the head are left out;
+/// they are a few percent of the total.
+struct EpisodeFlops {
+    train: f64,
+    eval: f64,
+}
+
+impl EpisodeFlops {
+    fn of(model: BenchModel, images: usize, side: usize) -> Self {
+        let layers = conv_layers(model, side);
+        let per_layer: Vec<f64> = layers
+            .iter()
+            .map(|layer| {
+                let out = (layer.side + 2 * layer.padding - layer.kernel) / layer.stride + 1;
+                2.0 * (images * layer.in_channels * layer.kernel * layer.kernel) as f64
+                    * (layer.out_channels * out * out) as f64
+            })
+            .collect();
+        let eval: f64 = per_layer.iter().sum();
+        EpisodeFlops {
+            train: 3.0 * eval - per_layer[0],
+            eval,
+        }
+    }
+}
+
+struct ConvLayer {
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    /// Input side in pixels.
+    side: usize,
+}
+
+fn conv_layers(model: BenchModel, side: usize) -> Vec<ConvLayer> {
+    let layer = |in_channels, out_channels, kernel, stride, side| ConvLayer {
+        in_channels,
+        out_channels,
+        kernel,
+        stride,
+        padding: kernel / 2,
+        side,
+    };
+    match model {
+        BenchModel::Conv4 => (0..4)
+            .map(|i| layer(if i == 0 { 3 } else { 64 }, 64, 3, 1, side >> i))
+            .collect(),
+        BenchModel::Resnet18 => {
+            let mut layers = vec![layer(3, 64, 7, 2, side)];
+            let mut side = (side + 6 - 7) / 2 + 1;
+            side = (side + 2 - 3) / 2 + 1;
+            let mut channels = 64;
+            for (stage, width) in [64, 128, 256, 512].into_iter().enumerate() {
+                for block in 0..2 {
+                    let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+                    layers.push(layer(channels, width, 3, stride, side));
+                    if stride != 1 || channels != width {
+                        layers.push(layer(channels, width, 1, stride, side));
+                    }
+                    side = (side + 2 - 3) / stride + 1;
+                    layers.push(layer(width, width, 3, 1, side));
+                    channels = width;
+                }
+            }
+            layers
+        }
+    }
+}
+
 fn measure(selected: &SelectedDevice, args: &BenchArgs) -> Figures {
     let device = &selected.device;
     let train_device = device.clone().autodiff();
+    train_device.seed(0);
+    match args.model {
+        BenchModel::Conv4 => {
+            let model = Conv4Config::new().init(&train_device);
+            measure_model(selected, args, model, |m, x| m.forward(x))
+        }
+        BenchModel::Resnet18 => {
+            let model = ResNetConfig::new().init(&train_device);
+            measure_model(selected, args, model, |m, x| m.forward(x))
+        }
+    }
+}
+
+fn measure_model<M: Module>(
+    selected: &SelectedDevice,
+    args: &BenchArgs,
+    mut model: M,
+    forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
+) -> Figures {
+    let device = &selected.device;
+    let train_device = device.clone().autodiff();
+    let side = args.image_size;
     let n_support = args.n_way * args.n_shot;
     let n_query = args.n_way * args.n_query;
     let count = n_support + n_query;
-    train_device.seed(0);
-    let mut model = Conv4Config::new().init(&train_device);
     let mut optimizer = AdamConfig::new()
         .with_epsilon(1e-8)
         .with_amsgrad(true)
         .init();
     let labels: Vec<i64> = (0..n_query).map(|i| (i / args.n_query) as i64).collect();
-    let pixels: Vec<f32> = (0..count * 3 * 84 * 84)
+    let pixels: Vec<f32> = (0..count * 3 * side * side)
         .map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0)
         .collect();
 
     let mut train_step = || {
         let images = Tensor::<4>::from_data(
-            TensorData::new(pixels.clone(), [count, 3, 84, 84]),
+            TensorData::new(pixels.clone(), [count, 3, side, side]),
             &train_device,
         );
         let label_tensor =
             Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [n_query]), &train_device);
-        let embeddings = model.forward(images);
+        let embeddings = forward(&model, images);
         let logits = protonet_logits(embeddings, n_support, args.n_way);
         let loss = protonet_loss(logits, label_tensor);
         let _ = loss.clone().into_scalar::<f32>();
@@ -180,9 +458,11 @@ fn measure(selected: &SelectedDevice, args: &BenchArgs) -> Figures {
 
     let eval_model = model.valid();
     let eval_step = || {
-        let images =
-            Tensor::<4>::from_data(TensorData::new(pixels.clone(), [count, 3, 84, 84]), device);
-        let embeddings = eval_model.forward(images);
+        let images = Tensor::<4>::from_data(
+            TensorData::new(pixels.clone(), [count, 3, side, side]),
+            device,
+        );
+        let embeddings = forward(&eval_model, images);
         let logits = protonet_logits(embeddings, n_support, args.n_way);
         let _ = logits.into_data();
     };
