@@ -311,9 +311,9 @@ mod tests {
         padding: usize,
     }
 
-    /// Conv4's blocks, ResNet-18's stem, 3x3 and 1x1 strided convolutions, odd sizes and a
-    /// batch of one.
-    const CASES: [Case; 7] = [
+    /// Conv4's blocks, ResNet-18's stem, 3x3 and 1x1 strided convolutions, odd sizes, a batch
+    /// of one, and small outputs that put many images into one GEMM.
+    const CASES: [Case; 8] = [
         Case {
             batch: 3,
             channels: [3, 8],
@@ -366,6 +366,14 @@ mod tests {
             batch: 1,
             channels: [4, 5],
             size: [11, 13],
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        },
+        Case {
+            batch: 45,
+            channels: [6, 5],
+            size: [5, 5],
             kernel: 3,
             stride: 1,
             padding: 1,

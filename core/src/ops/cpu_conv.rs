@@ -3,9 +3,9 @@
 //! All tensors are contiguous f32 in NCHW order and weights in `[out, in, kh, kw]` order. With
 //! `K = in * kh * kw` and `P = out_h * out_w`, one image costs one `[out, K] x [K, P]` product
 //! forward, one `[K, out] x [out, P]` product for the input gradient and one
-//! `[out, P] x [P, K]` product for the weight gradient. Images run in parallel on the rayon pool
-//! when the batch has at least as many images as the pool has threads; a smaller batch runs its
-//! images in turn and lets each GEMM use the pool instead.
+//! `[out, P] x [P, K]` product for the weight gradient. Where `P` is small, consecutive images
+//! share one GEMM. These chunks run in parallel on the rayon pool when there are at least as
+//! many as the pool has threads; otherwise they run in turn and each GEMM uses the pool.
 
 use rayon::prelude::*;
 
@@ -55,10 +55,76 @@ impl ConvGeometry {
     fn is_pointwise(&self) -> bool {
         self.kernel_height == 1 && self.kernel_width == 1 && self.stride == 1 && self.padding == 0
     }
+}
 
-    fn images_in_parallel(&self) -> bool {
-        self.batch >= rayon::current_num_threads()
+/// GEMMs narrower than this many columns run far below the peak of the GEMM kernels, so
+/// convolutions with small outputs (deep ResNet stages) put several images into one GEMM.
+const MIN_GEMM_COLUMNS: usize = 512;
+
+/// The images of one GEMM: `start..start + count`.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    start: usize,
+    count: usize,
+}
+
+impl ConvGeometry {
+    fn chunks(&self) -> Vec<Chunk> {
+        let size = MIN_GEMM_COLUMNS
+            .div_ceil(self.out_plane())
+            .clamp(1, self.batch.max(1));
+        (0..self.batch)
+            .step_by(size)
+            .map(|start| Chunk {
+                start,
+                count: size.min(self.batch - start),
+            })
+            .collect()
     }
+}
+
+/// Runs `work` on every chunk: chunks in parallel with single-threaded GEMMs when there are at
+/// least as many chunks as threads, else one chunk after another with multi-threaded GEMMs.
+/// Each worker keeps its scratch buffers between chunks.
+fn for_each_chunk<S: Send>(
+    chunks: &[Chunk],
+    scratch: impl Fn() -> S + Sync + Send,
+    work: impl Fn(Chunk, &mut S, gemm::Parallelism) + Sync + Send,
+) {
+    if chunks.len() >= rayon::current_num_threads() {
+        chunks.par_iter().for_each_init(&scratch, |state, &chunk| {
+            work(chunk, state, gemm::Parallelism::None)
+        });
+    } else {
+        let mut state = scratch();
+        for &chunk in chunks {
+            work(chunk, &mut state, gemm::Parallelism::Rayon(0));
+        }
+    }
+}
+
+/// A raw pointer that chunk workers write through; every chunk writes a disjoint range.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: workers only write the elements of their own chunk's images.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// # Safety
+    /// No other live slice may overlap `start..start + len`, and the range lies inside the
+    /// buffer the pointer came from.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+/// Scratch buffers of one worker: the im2col matrix and a channel-major copy of a chunk.
+#[derive(Default)]
+struct Scratch {
+    columns: Vec<f32>,
+    planes: Vec<f32>,
 }
 
 /// Computes `output = conv(input, weight) + bias`.
@@ -74,55 +140,70 @@ pub fn forward(geometry: &ConvGeometry, input: &[f32], weight: &[f32], bias: &[f
     assert_eq!(weight.len(), g.out_channels * g.patch_len(), "weight size");
     assert_eq!(bias.len(), g.out_channels, "bias size");
     let mut output = vec![0.0f32; g.batch * g.out_image()];
+    let out = SharedMut(output.as_mut_ptr());
+    let (k, p) = (g.patch_len(), g.out_plane());
 
-    let image = |(image, out): (&[f32], &mut [f32]), columns: &mut Vec<f32>, parallel: bool| {
-        // The bias initialises the output so that the GEMM accumulates onto it.
-        for (channel, plane) in out.chunks_mut(g.out_plane()).enumerate() {
-            plane.fill(bias[channel]);
-        }
-        let columns = im2col(&g, image, columns);
-        let (k, p) = (g.patch_len() as isize, g.out_plane() as isize);
-        // SAFETY: `out` is [out_channels, P], `weight` [out_channels, K] and `columns` [K, P],
-        // all row-major with the strides given and inside their slices.
-        unsafe {
-            gemm::gemm(
-                g.out_channels,
-                g.out_plane(),
-                g.patch_len(),
-                out.as_mut_ptr(),
-                1,
-                p,
-                true,
-                weight.as_ptr(),
-                1,
-                k,
-                columns.as_ptr(),
-                1,
-                p,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(parallel),
-            );
-        }
-    };
-
-    let pairs = input
-        .chunks(g.in_image())
-        .zip(output.chunks_mut(g.out_image()));
-    if g.images_in_parallel() {
-        pairs
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .for_each_init(Vec::new, |columns, pair| image(pair, columns, false));
-    } else {
-        let mut columns = Vec::new();
-        for pair in pairs {
-            image(pair, &mut columns, true);
-        }
-    }
+    for_each_chunk(
+        &g.chunks(),
+        Scratch::default,
+        |chunk, scratch, parallelism| {
+            let width = chunk.count * p;
+            let images =
+                &input[chunk.start * g.in_image()..(chunk.start + chunk.count) * g.in_image()];
+            let columns = im2col_chunk(&g, images, chunk.count, &mut scratch.columns);
+            // SAFETY: this chunk's images occupy this range of `output` and no other worker's.
+            let chunk_out =
+                unsafe { out.slice(chunk.start * g.out_image(), chunk.count * g.out_image()) };
+            // One image is written in place; several go through a [out_channels, count * P] matrix.
+            let target: &mut [f32] = if chunk.count == 1 {
+                chunk_out
+                    .chunks_mut(p)
+                    .enumerate()
+                    .for_each(|(c, plane)| plane.fill(bias[c]));
+                chunk_out
+            } else {
+                scratch.planes.resize(g.out_channels * width, 0.0);
+                &mut scratch.planes
+            };
+            // SAFETY: `target` is [out_channels, width], `weight` [out_channels, K] and `columns`
+            // [K, width], all row-major and inside their slices.
+            unsafe {
+                gemm::gemm(
+                    g.out_channels,
+                    width,
+                    k,
+                    target.as_mut_ptr(),
+                    1,
+                    width as isize,
+                    chunk.count == 1,
+                    weight.as_ptr(),
+                    1,
+                    k as isize,
+                    columns.as_ptr(),
+                    1,
+                    width as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+            if chunk.count > 1 {
+                let chunk_out =
+                    unsafe { out.slice(chunk.start * g.out_image(), chunk.count * g.out_image()) };
+                scatter_planes(
+                    &scratch.planes,
+                    chunk_out,
+                    chunk.count,
+                    g.out_channels,
+                    p,
+                    bias,
+                );
+            }
+        },
+    );
     output
 }
 
@@ -141,60 +222,62 @@ pub fn input_grad(geometry: &ConvGeometry, weight: &[f32], output_grad: &[f32]) 
         "output gradient size"
     );
     let mut input_grad = vec![0.0f32; g.batch * g.in_image()];
+    let out = SharedMut(input_grad.as_mut_ptr());
+    let (k, p) = (g.patch_len(), g.out_plane());
 
-    let image = |(grad, out): (&[f32], &mut [f32]), columns: &mut Vec<f32>, parallel: bool| {
-        let (k, p) = (g.patch_len(), g.out_plane());
-        // Pointwise convolutions write the column gradient straight into the input gradient.
-        let target: &mut [f32] = if g.is_pointwise() {
-            out
-        } else {
-            columns.resize(k * p, 0.0);
-            &mut columns[..]
-        };
-        // SAFETY: the destination is [K, P] row-major; the weight read as [K, out_channels]
-        // has row stride 1 and column stride K; `grad` is [out_channels, P] row-major.
-        unsafe {
-            gemm::gemm(
-                k,
-                p,
-                g.out_channels,
-                target.as_mut_ptr(),
-                1,
-                p as isize,
-                false,
-                weight.as_ptr(),
-                k as isize,
-                1,
-                grad.as_ptr(),
-                1,
-                p as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(parallel),
-            );
-        }
-        if !g.is_pointwise() {
-            col2im(&g, columns, out);
-        }
-    };
-
-    let pairs = output_grad
-        .chunks(g.out_image())
-        .zip(input_grad.chunks_mut(g.in_image()));
-    if g.images_in_parallel() {
-        pairs
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .for_each_init(Vec::new, |columns, pair| image(pair, columns, false));
-    } else {
-        let mut columns = Vec::new();
-        for pair in pairs {
-            image(pair, &mut columns, true);
-        }
-    }
+    for_each_chunk(
+        &g.chunks(),
+        Scratch::default,
+        |chunk, scratch, parallelism| {
+            let width = chunk.count * p;
+            let grads = &output_grad
+                [chunk.start * g.out_image()..(chunk.start + chunk.count) * g.out_image()];
+            let grads = gather_planes(grads, chunk.count, g.out_channels, p, &mut scratch.planes);
+            // SAFETY: this chunk's images occupy this range of `input_grad` and no other worker's.
+            let chunk_out =
+                unsafe { out.slice(chunk.start * g.in_image(), chunk.count * g.in_image()) };
+            // A pointwise convolution of one image writes its column gradient in place.
+            let direct = g.is_pointwise() && chunk.count == 1;
+            let target: &mut [f32] = if direct {
+                chunk_out
+            } else {
+                scratch.columns.resize(k * width, 0.0);
+                &mut scratch.columns
+            };
+            // SAFETY: `target` is [K, width] row-major; the weight read as [K, out_channels] has
+            // row stride 1 and column stride K; `grads` is [out_channels, width] row-major.
+            unsafe {
+                gemm::gemm(
+                    k,
+                    width,
+                    g.out_channels,
+                    target.as_mut_ptr(),
+                    1,
+                    width as isize,
+                    false,
+                    weight.as_ptr(),
+                    k as isize,
+                    1,
+                    grads.as_ptr(),
+                    1,
+                    width as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+            if !direct {
+                let chunk_out =
+                    unsafe { out.slice(chunk.start * g.in_image(), chunk.count * g.in_image()) };
+                for (j, image) in chunk_out.chunks_mut(g.in_image()).enumerate() {
+                    col2im(&g, &scratch.columns, width, j * p, image);
+                }
+            }
+        },
+    );
     input_grad
 }
 
@@ -213,48 +296,52 @@ pub fn weight_grad(geometry: &ConvGeometry, input: &[f32], output_grad: &[f32]) 
         "output gradient size"
     );
     let weight_len = g.out_channels * g.patch_len();
+    let (k, p) = (g.patch_len(), g.out_plane());
 
-    // Adds the contribution of one image to `sum`, a [out_channels, K] row-major matrix.
-    let accumulate = |sum: &mut [f32], columns: &mut Vec<f32>, image: usize, parallel: bool| {
-        let x = &input[image * g.in_image()..(image + 1) * g.in_image()];
-        let grad = &output_grad[image * g.out_image()..(image + 1) * g.out_image()];
-        let columns = im2col(&g, x, columns);
-        let (k, p) = (g.patch_len() as isize, g.out_plane() as isize);
-        // SAFETY: `sum` is [out_channels, K] row-major, `grad` [out_channels, P] row-major and
-        // `columns` read as [P, K] has row stride 1 and column stride P.
+    // Adds the contribution of one chunk to `sum`, a [out_channels, K] row-major matrix.
+    let accumulate = |chunk: Chunk, sum: &mut [f32], scratch: &mut Scratch, parallelism| {
+        let width = chunk.count * p;
+        let images = &input[chunk.start * g.in_image()..(chunk.start + chunk.count) * g.in_image()];
+        let grads =
+            &output_grad[chunk.start * g.out_image()..(chunk.start + chunk.count) * g.out_image()];
+        let columns = im2col_chunk(&g, images, chunk.count, &mut scratch.columns);
+        let grads = gather_planes(grads, chunk.count, g.out_channels, p, &mut scratch.planes);
+        // SAFETY: `sum` is [out_channels, K] row-major, `grads` [out_channels, width] row-major
+        // and `columns` read as [width, K] has row stride 1 and column stride width.
         unsafe {
             gemm::gemm(
                 g.out_channels,
-                g.patch_len(),
-                g.out_plane(),
+                k,
+                width,
                 sum.as_mut_ptr(),
                 1,
-                k,
+                k as isize,
                 true,
-                grad.as_ptr(),
+                grads.as_ptr(),
                 1,
-                p,
+                width as isize,
                 columns.as_ptr(),
-                p,
+                width as isize,
                 1,
                 1.0,
                 1.0,
                 false,
                 false,
                 false,
-                parallelism(parallel),
+                parallelism,
             );
         }
     };
 
-    if g.images_in_parallel() {
-        (0..g.batch)
-            .into_par_iter()
+    let chunks = g.chunks();
+    if chunks.len() >= rayon::current_num_threads() {
+        chunks
+            .par_iter()
             .fold(
-                || (vec![0.0f32; weight_len], Vec::new()),
-                |(mut sum, mut columns), image| {
-                    accumulate(&mut sum, &mut columns, image, false);
-                    (sum, columns)
+                || (vec![0.0f32; weight_len], Scratch::default()),
+                |(mut sum, mut scratch), &chunk| {
+                    accumulate(chunk, &mut sum, &mut scratch, gemm::Parallelism::None);
+                    (sum, scratch)
                 },
             )
             .map(|(sum, _)| sum)
@@ -267,37 +354,89 @@ pub fn weight_grad(geometry: &ConvGeometry, input: &[f32], output_grad: &[f32]) 
             )
     } else {
         let mut sum = vec![0.0f32; weight_len];
-        let mut columns = Vec::new();
-        for image in 0..g.batch {
-            accumulate(&mut sum, &mut columns, image, true);
+        let mut scratch = Scratch::default();
+        for chunk in chunks {
+            accumulate(chunk, &mut sum, &mut scratch, gemm::Parallelism::Rayon(0));
         }
         sum
     }
 }
 
-fn parallelism(images_in_parallel: bool) -> gemm::Parallelism {
-    if images_in_parallel {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(0)
+/// Returns the `[K, count * P]` im2col matrix of `count` consecutive images: image `j` fills
+/// columns `j * P..(j + 1) * P`. One pointwise image is its own matrix.
+fn im2col_chunk<'a>(
+    g: &ConvGeometry,
+    images: &'a [f32],
+    count: usize,
+    columns: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    if g.is_pointwise() && count == 1 {
+        return images;
+    }
+    let width = count * g.out_plane();
+    columns.resize(g.patch_len() * width, 0.0);
+    for (j, image) in images.chunks(g.in_image()).enumerate() {
+        im2col(g, image, columns, width, j * g.out_plane());
+    }
+    columns
+}
+
+/// Returns `[channels, count * plane]`, the planes of `count` images `[count, channels, plane]`
+/// regrouped by channel. One image is returned as it is.
+fn gather_planes<'a>(
+    images: &'a [f32],
+    count: usize,
+    channels: usize,
+    plane: usize,
+    buffer: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    if count == 1 {
+        return images;
+    }
+    buffer.resize(channels * count * plane, 0.0);
+    for (j, image) in images.chunks(channels * plane).enumerate() {
+        for (c, source) in image.chunks(plane).enumerate() {
+            let start = (c * count + j) * plane;
+            buffer[start..start + plane].copy_from_slice(source);
+        }
+    }
+    buffer
+}
+
+/// Writes `[channels, count * plane]` back as `count` images `[count, channels, plane]`, adding
+/// `bias[c]` to channel `c`.
+fn scatter_planes(
+    matrix: &[f32],
+    images: &mut [f32],
+    count: usize,
+    channels: usize,
+    plane: usize,
+    bias: &[f32],
+) {
+    for (j, image) in images.chunks_mut(channels * plane).enumerate() {
+        for (c, target) in image.chunks_mut(plane).enumerate() {
+            let start = (c * count + j) * plane;
+            for (value, source) in target.iter_mut().zip(&matrix[start..start + plane]) {
+                *value = source + bias[c];
+            }
+        }
     }
 }
 
-/// Returns the `[K, P]` im2col matrix of one `[in_channels, in_height, in_width]` image: row
-/// `(c * kh + ky) * kw + kx`, column `oy * out_width + ox` holds the input value under that
-/// kernel tap, or 0 in the padding. Pointwise convolutions return the image itself.
-fn im2col<'a>(g: &ConvGeometry, image: &'a [f32], columns: &'a mut Vec<f32>) -> &'a [f32] {
-    if g.is_pointwise() {
-        return image;
-    }
+/// Writes the im2col rows of one `[in_channels, in_height, in_width]` image into `columns`, a
+/// row-major matrix with `row_stride` columns, starting at column `offset`: row
+/// `(c * kh + ky) * kw + kx`, column `offset + oy * out_width + ox` holds the input value under
+/// that kernel tap, or 0 in the padding.
+fn im2col(g: &ConvGeometry, image: &[f32], columns: &mut [f32], row_stride: usize, offset: usize) {
     let (out_h, out_w) = (g.out_height(), g.out_width());
-    columns.resize(g.patch_len() * out_h * out_w, 0.0);
-    let mut rows = columns.chunks_mut(out_h * out_w);
+    let mut row_index = 0;
     for c in 0..g.in_channels {
         let plane = &image[c * g.in_height * g.in_width..(c + 1) * g.in_height * g.in_width];
         for ky in 0..g.kernel_height {
             for kx in 0..g.kernel_width {
-                let row = rows.next().expect("one row per kernel tap");
+                let row_start = row_index * row_stride + offset;
+                let row = &mut columns[row_start..row_start + out_h * out_w];
+                row_index += 1;
                 let (first, last) = valid_range(kx, g.padding, g.stride, g.in_width, out_w);
                 for oy in 0..out_h {
                     let out_row = &mut row[oy * out_w..(oy + 1) * out_w];
@@ -321,19 +460,20 @@ fn im2col<'a>(g: &ConvGeometry, image: &'a [f32], columns: &'a mut Vec<f32>) -> 
             }
         }
     }
-    columns
 }
 
-/// Adds a `[K, P]` column gradient back onto the `[in_channels, in_height, in_width]` image
-/// gradient it came from (the transpose of [`im2col`]). `image` must start at zero.
-fn col2im(g: &ConvGeometry, columns: &[f32], image: &mut [f32]) {
+/// Adds the column gradient of one image back onto its `[in_channels, in_height, in_width]`
+/// gradient (the transpose of [`im2col`], same `row_stride` and `offset`).
+fn col2im(g: &ConvGeometry, columns: &[f32], row_stride: usize, offset: usize, image: &mut [f32]) {
     let (out_h, out_w) = (g.out_height(), g.out_width());
-    let mut rows = columns.chunks(out_h * out_w);
+    let mut row_index = 0;
     for c in 0..g.in_channels {
         let plane = &mut image[c * g.in_height * g.in_width..(c + 1) * g.in_height * g.in_width];
         for ky in 0..g.kernel_height {
             for kx in 0..g.kernel_width {
-                let row = rows.next().expect("one row per kernel tap");
+                let row_start = row_index * row_stride + offset;
+                let row = &columns[row_start..row_start + out_h * out_w];
+                row_index += 1;
                 let (first, last) = valid_range(kx, g.padding, g.stride, g.in_width, out_w);
                 if first >= last {
                     continue;
