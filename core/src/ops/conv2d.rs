@@ -204,7 +204,7 @@ fn geometry(
 }
 
 /// Returns the values of a contiguous f32 flex tensor; the caller checks the dtype and calls
-/// `into_contiguous` first.
+/// `to_contiguous` first.
 fn f32s(tensor: &FloatTensor<Flex>) -> &[f32] {
     tensor
         .as_slice::<f32>()

@@ -1,11 +1,11 @@
-//! 2-D convolution on the CPU: im2col into a per-thread buffer, then one GEMM per image.
+//! 2-D convolution on the CPU: im2col into a per-thread buffer, then GEMM.
 //!
 //! All tensors are contiguous f32 in NCHW order and weights in `[out, in, kh, kw]` order. With
 //! `K = in * kh * kw` and `P = out_h * out_w`, one image costs one `[out, K] x [K, P]` product
 //! forward, one `[K, out] x [out, P]` product for the input gradient and one
 //! `[out, P] x [P, K]` product for the weight gradient. Where `P` is small, consecutive images
-//! share one GEMM. These chunks run in parallel on the rayon pool when there are at least as
-//! many as the pool has threads; otherwise they run in turn and each GEMM uses the pool.
+//! share one GEMM. Such chunks of images run in parallel on the rayon pool when there are at
+//! least as many chunks as threads. Otherwise they run in turn, and each GEMM uses the pool.
 
 use rayon::prelude::*;
 
@@ -50,8 +50,8 @@ impl ConvGeometry {
         self.out_channels * self.out_plane()
     }
 
-    /// Whether the im2col matrix of an image is the image itself (1x1 kernel, stride 1, no
-    /// padding), so no buffer is needed.
+    /// Returns whether the im2col matrix of an image is the image itself (1x1 kernel, stride
+    /// 1, no padding), so that no buffer is needed.
     fn is_pointwise(&self) -> bool {
         self.kernel_height == 1 && self.kernel_width == 1 && self.stride == 1 && self.padding == 0
     }
