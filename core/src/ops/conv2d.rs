@@ -311,73 +311,36 @@ mod tests {
         padding: usize,
     }
 
+    const fn case(
+        batch: usize,
+        channels: [usize; 2],
+        size: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Case {
+        Case {
+            batch,
+            channels,
+            size,
+            kernel,
+            stride,
+            padding,
+        }
+    }
+
     /// Conv4's blocks, ResNet-18's stem, 3x3 and 1x1 strided convolutions, odd sizes, a batch
     /// of one, and small outputs that put many images into one GEMM.
     const CASES: [Case; 8] = [
-        Case {
-            batch: 3,
-            channels: [3, 8],
-            size: [84, 84],
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-        },
-        Case {
-            batch: 2,
-            channels: [8, 8],
-            size: [21, 21],
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-        },
-        Case {
-            batch: 2,
-            channels: [3, 4],
-            size: [37, 29],
-            kernel: 7,
-            stride: 2,
-            padding: 3,
-        },
-        Case {
-            batch: 3,
-            channels: [5, 6],
-            size: [15, 12],
-            kernel: 3,
-            stride: 2,
-            padding: 1,
-        },
-        Case {
-            batch: 2,
-            channels: [6, 10],
-            size: [9, 7],
-            kernel: 1,
-            stride: 2,
-            padding: 0,
-        },
-        Case {
-            batch: 2,
-            channels: [6, 4],
-            size: [5, 5],
-            kernel: 1,
-            stride: 1,
-            padding: 0,
-        },
-        Case {
-            batch: 1,
-            channels: [4, 5],
-            size: [11, 13],
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-        },
-        Case {
-            batch: 45,
-            channels: [6, 5],
-            size: [5, 5],
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-        },
+        // batch, [in, out] channels, [height, width], kernel, stride, padding
+        case(3, [3, 8], [84, 84], 3, 1, 1),
+        case(2, [8, 8], [21, 21], 3, 1, 1),
+        case(2, [3, 4], [37, 29], 7, 2, 3),
+        case(3, [5, 6], [15, 12], 3, 2, 1),
+        case(2, [6, 10], [9, 7], 1, 2, 0),
+        case(2, [6, 4], [5, 5], 1, 1, 0),
+        case(1, [4, 5], [11, 13], 3, 1, 1),
+        case(45, [6, 5], [5, 5], 3, 1, 1),
     ];
 
     fn layer(case: &Case, device: &Device) -> Conv2d {
