@@ -302,8 +302,11 @@ fn run_python(python: &str, arguments: &[String]) -> Result<PytorchFigures, Stri
         ));
     }
     if !output.status.success() {
-        let last = stderr.lines().last().unwrap_or("no message");
-        return Err(format!("the PyTorch reference failed: {last}"));
+        let last = stderr.lines().last().unwrap_or("nothing on standard error");
+        return Err(format!(
+            "the PyTorch reference run by `{python}` failed ({}): {last}",
+            output.status
+        ));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().last().unwrap_or_default();

@@ -77,11 +77,27 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
     let size = config.model.image_size;
     let (_, checkpoint) = checkpoint_dir(&run, args.last)?;
 
+    if args.support.is_file() {
+        bail!(
+            "--support {} is a file; pass a folder with one subfolder of photos per species",
+            args.support.display()
+        );
+    }
     if !args.support.is_dir() {
         bail!(
             "support folder {} not found; pass a folder with one subfolder of photos per species",
             args.support.display()
         );
+    }
+    // Name every missing query photo at once, before any work.
+    let missing: Vec<String> = args
+        .query
+        .iter()
+        .filter(|path| !path.is_file())
+        .map(|path| path.display().to_string())
+        .collect();
+    if !missing.is_empty() {
+        bail!("query photo not found: {}", missing.join(", "));
     }
     let support = Dataset::open(&args.support)
         .with_context(|| format!("cannot read the support folder {}", args.support.display()))?;

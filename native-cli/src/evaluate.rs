@@ -101,6 +101,15 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
         episodes: args.episodes,
         seed: args.seed,
     };
+    // Fail before the episodes run, not after, when the results cannot be saved.
+    let eval_dir = run.eval_dir();
+    std::fs::create_dir_all(&eval_dir)
+        .with_context(|| format!("failed to create {}", eval_dir.display()))?;
+    let probe = eval_dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| format!("cannot write evaluation results in {}", eval_dir.display()))?;
+
     let started = Instant::now();
     let (per_episode, accuracy, ci95) =
         evaluate(&model, &store, shape, &options, &selected.device, &bars)?;
@@ -124,9 +133,6 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
         per_episode,
     };
 
-    let eval_dir = run.eval_dir();
-    std::fs::create_dir_all(&eval_dir)
-        .with_context(|| format!("failed to create {}", eval_dir.display()))?;
     // The time in the name keeps every evaluation, also of the same checkpoint on other data.
     let file = eval_dir.join(format!(
         "{}-{}way{}shot{}query-seed{}-{}ep-epoch{}-{}.json",
@@ -141,7 +147,9 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
     ));
     let mut bytes = serde_json::to_vec_pretty(&summary)?;
     bytes.push(b'\n');
-    std::fs::write(&file, bytes).with_context(|| format!("failed to write {}", file.display()))?;
+    // A failed write still shows the score, since the episodes have run.
+    let saved =
+        std::fs::write(&file, bytes).with_context(|| format!("failed to write {}", file.display()));
 
     if args.json {
         let mut object = serde_json::to_value(&summary)?;
@@ -152,10 +160,20 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
         println!("{object}");
     } else {
         println!(
-            "{}-way {}-shot accuracy on {} {} episodes (seed {}): {:.2}% ± {:.2} (95% CI), checkpoint of epoch {}",
-            shape.n_way, shape.n_shot, args.episodes, args.split, args.seed, accuracy, ci95, epoch
+            "{}-way {}-shot accuracy on {} {} episode{} (seed {}): {:.2}% ± {:.2} (95% CI), checkpoint of epoch {}",
+            shape.n_way,
+            shape.n_shot,
+            args.episodes,
+            args.split,
+            if args.episodes == 1 { "" } else { "s" },
+            args.seed,
+            accuracy,
+            ci95,
+            epoch
         );
-        println!("per-episode accuracies: {}", file.display());
+        if saved.is_ok() {
+            println!("per-episode accuracies: {}", file.display());
+        }
     }
-    Ok(())
+    saved
 }

@@ -127,6 +127,7 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
         run
     };
 
+    let _lock = RunLock::acquire(&args.run)?;
     if resuming {
         check_same_data(&run, &fingerprint, &args.data.data)?;
         run.record_resume(&selected.description)?;
@@ -144,9 +145,10 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
 
     if outcome.resumed_from >= config.training.epochs {
         println!(
-            "run {} already finished {} epochs; nothing to do",
+            "run {} already finished {} epoch{}; nothing to do",
             args.run.display(),
-            config.training.epochs
+            config.training.epochs,
+            if config.training.epochs == 1 { "" } else { "s" }
         );
     }
     if let Some(best) = &outcome.best {
@@ -258,4 +260,83 @@ fn check_same_data(run: &RunFolder, fingerprint: &str, data: &Path) -> Result<()
         );
     }
     Ok(())
+}
+
+/// Marks a run folder as in use by this process, so that a second `train` on the same folder
+/// stops instead of overwriting its checkpoints. The `train.lock` file holds the process id; a
+/// lock left by a process that no longer runs (after `kill -9`) is taken over.
+struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    fn acquire(run: &Path) -> Result<RunLock> {
+        let path = run.join("train.lock");
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut file) => {
+                    use std::io::Write;
+                    writeln!(file, "{}", std::process::id())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    return Ok(RunLock { path });
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                    let owner = owner.trim();
+                    if process_is_running(owner) {
+                        anyhow::bail!(
+                            "run folder {} is in use by another train process (pid {owner}); wait for it to finish or use another --run",
+                            run.display()
+                        );
+                    }
+                    log::warn!("taking over the lock of process {owner}, which no longer runs");
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("cannot remove the stale {}", path.display()))?;
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| format!("cannot create {}", path.display()));
+                }
+            }
+        }
+        anyhow::bail!(
+            "cannot lock run folder {}; another process keeps creating {}",
+            run.display(),
+            path.display()
+        )
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Returns whether `pid` names a running process; an unreadable id counts as not running.
+fn process_is_running(pid: &str) -> bool {
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    #[cfg(unix)]
+    {
+        unsafe extern "C" {
+            fn kill(pid: i32, signal: i32) -> i32;
+        }
+        // SAFETY: signal 0 only checks that the process exists; nothing is sent. EPERM (a
+        // process of another user) also means it exists.
+        let result = unsafe { kill(pid, 0) };
+        result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(1)
+    }
+    #[cfg(not(unix))]
+    {
+        // NOTE: without a portable check, a lock left behind is always taken over here.
+        false
+    }
 }

@@ -91,7 +91,13 @@ impl ImageStore {
             None => {
                 let (slots, skipped, pixels) = decode_all(&sources, size, options, progress)?;
                 if let Some(dir) = &options.cache_dir {
-                    write_cache(dir, &key, &slots, &skipped, &pixels)?;
+                    // The cache only saves decoding time, so a folder that cannot be written
+                    // costs a warning, not the run.
+                    if let Err(error) = write_cache(dir, &key, &slots, &skipped, &pixels) {
+                        log::warn!(
+                            "{error}; continuing without the image cache (choose a writable --cache-dir, or --no-cache)"
+                        );
+                    }
                 }
                 (slots, skipped, pixels)
             }

@@ -333,25 +333,30 @@ pub fn weight_grad(geometry: &ConvGeometry, input: &[f32], output_grad: &[f32]) 
         }
     };
 
+    // Each thread sums a fixed, contiguous group of chunks in order and the partial sums are
+    // added in group order, so the result does not depend on thread scheduling: a seeded
+    // training run gives the same weights every time.
     let chunks = g.chunks();
-    if chunks.len() >= rayon::current_num_threads() {
-        chunks
-            .par_iter()
-            .fold(
-                || (vec![0.0f32; weight_len], Scratch::default()),
-                |(mut sum, mut scratch), &chunk| {
+    let threads = rayon::current_num_threads();
+    if chunks.len() >= threads {
+        let group = chunks.len().div_ceil(threads);
+        let partials: Vec<Vec<f32>> = chunks
+            .par_chunks(group)
+            .map(|group| {
+                let mut sum = vec![0.0f32; weight_len];
+                let mut scratch = Scratch::default();
+                for &chunk in group {
                     accumulate(chunk, &mut sum, &mut scratch, gemm::Parallelism::None);
-                    (sum, scratch)
-                },
-            )
-            .map(|(sum, _)| sum)
-            .reduce(
-                || vec![0.0f32; weight_len],
-                |mut left, right| {
-                    left.iter_mut().zip(&right).for_each(|(l, r)| *l += r);
-                    left
-                },
-            )
+                }
+                sum
+            })
+            .collect();
+        let mut partials = partials.into_iter();
+        let mut sum = partials.next().expect("at least one group");
+        for partial in partials {
+            sum.iter_mut().zip(&partial).for_each(|(s, p)| *s += p);
+        }
+        sum
     } else {
         let mut sum = vec![0.0f32; weight_len];
         let mut scratch = Scratch::default();
