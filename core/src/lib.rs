@@ -12,6 +12,7 @@ pub mod data;
 pub mod device;
 #[cfg(feature = "train")]
 pub mod episodes;
+pub mod generator;
 pub mod hash;
 pub mod model;
 pub mod ops;

@@ -5,6 +5,8 @@ mod bench;
 mod classify;
 mod common;
 mod evaluate;
+mod generate;
+mod interrupt;
 mod progress;
 mod train;
 
@@ -33,10 +35,13 @@ enum Command {
     Classify(classify::ClassifyArgs),
     /// Measure training and evaluation episodes per second on each device.
     Bench(bench::BenchArgs),
+    /// Fine-tune the generator on every photo of a dataset and store the generated images.
+    Generate(generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
     allocator::keep_freed_memory();
+    interrupt::report_interrupts();
     let cli = Cli::parse();
     // Info messages of this tool only: Burn's and CubeCL's (autotuning, for example) stay at
     // warnings unless RUST_LOG requests more.
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => evaluate::run(args, cli.quiet),
         Command::Classify(args) => classify::run(args, cli.quiet),
         Command::Bench(args) => bench::run(args, cli.quiet),
+        Command::Generate(args) => generate::run(args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

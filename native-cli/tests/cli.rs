@@ -552,3 +552,122 @@ fn diverging_loss_stops_training() {
         "a diverged epoch must not be saved"
     );
 }
+
+/// `generate` with the reduced random generator on real photos: one complete folder of samples
+/// per photo, metadata that says the weights are random, a preview, and a second run that
+/// skips finished photos.
+#[test]
+fn generate_writes_resumable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("birds");
+    small_dataset(&data, 2, 2);
+    let out = dir.path().join("generated");
+    let args = [
+        "generate",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--iterations",
+        "3",
+        "--samples",
+        "2",
+        "--limit",
+        "3",
+        "--preview",
+        "2",
+    ];
+    let output = run(&args);
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("for each of 3 photos"), "{}", text(&output));
+    assert!(stdout.contains("random weights"), "{}", text(&output));
+
+    let metadata: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("metairnet-generator.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(metadata["random_weights"], true);
+    assert_eq!(metadata["iterations"], 3);
+
+    let mut folders = Vec::new();
+    for class in std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+    {
+        for folder in std::fs::read_dir(class.path()).unwrap().flatten() {
+            folders.push(folder.path());
+        }
+    }
+    assert_eq!(folders.len(), 3, "one folder per photo: {folders:?}");
+    for folder in &folders {
+        let name = folder.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "unfinished folder left: {name}");
+        for k in 0..2 {
+            let image = folder.join(format!("img_iter2_batch{k}.jpg"));
+            let decoded =
+                image::open(&image).unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+            assert_eq!((decoded.width(), decoded.height()), (32, 32));
+        }
+    }
+    let preview = image::open(out.join("preview.png")).unwrap();
+    assert!(preview.height() > 2 * 32, "preview has two rows");
+
+    let again = run(&args);
+    assert!(again.status.success(), "{}", text(&again));
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        stdout.contains("3 photos already had them"),
+        "{}",
+        text(&again)
+    );
+
+    let changed: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "3" { "4" } else { a })
+        .collect();
+    let rejected = run(&changed);
+    assert!(!rejected.status.success());
+    assert!(
+        String::from_utf8_lossy(&rejected.stderr).contains("generated with other settings"),
+        "{}",
+        text(&rejected)
+    );
+}
+
+/// A second `train` on a run folder in use stops with the owner's process id.
+#[test]
+fn second_train_on_same_run_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("birds");
+    small_dataset(&data, 12, 6);
+    let run_dir = dir.path().join("run");
+    let cache = dir.path().join("cache");
+    let mut args = tiny_training(&data, &run_dir, &cache, "30");
+    args.extend(["--n-way", "2"].map(String::from));
+    let mut first = metairnet(&as_strs(&args))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = run_dir.join("train.lock");
+    let started = Instant::now();
+    while !lock.exists() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lock.exists(), "the first train never locked its run folder");
+    let second = run(&as_strs(&args));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(!second.status.success(), "{}", text(&second));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another train process"),
+        "{}",
+        text(&second)
+    );
+}

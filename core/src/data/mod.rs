@@ -9,7 +9,7 @@ mod store;
 pub use cub::{ClassEntry, DataError, Dataset, Split, display_class_name};
 pub use preprocess::{
     IMAGENET_MEAN, IMAGENET_STD, ImageSize, PreprocessError, crop_for_model, decode_image,
-    load_photo, write_normalized_chw,
+    load_photo, resize_and_center_crop, write_normalized_chw,
 };
 pub(crate) use store::write_atomically;
 pub use store::{ImageStore, LoadOptions, LoadReport, SkippedImage};

@@ -188,18 +188,27 @@ pub fn crop_for_model(image: &DynamicImage, size: ImageSize) -> RgbImage {
             let resized = imageops::resize(&rgb, 96, 96, FilterType::Triangle);
             center_crop(&resized, 84)
         }
-        ImageSize::S224 => {
-            let (width, height) = rgb.dimensions();
-            // The shorter side becomes 256; the longer side is truncated, as torchvision does.
-            let (new_width, new_height) = if width <= height {
-                (256, ((256u64 * height as u64) / width as u64).max(1) as u32)
-            } else {
-                (((256u64 * width as u64) / height as u64).max(1) as u32, 256)
-            };
-            let resized = imageops::resize(&rgb, new_width, new_height, FilterType::Triangle);
-            center_crop(&resized, 224)
-        }
+        ImageSize::S224 => resize_and_center_crop(&rgb, 256, 224),
     }
+}
+
+/// Resizes `image` so that its shorter side is `short` pixels (bilinear, aspect ratio kept,
+/// the longer side truncated as torchvision does), then crops the centre `side x side` square.
+pub fn resize_and_center_crop(image: &RgbImage, short: u32, side: u32) -> RgbImage {
+    let (width, height) = image.dimensions();
+    let (new_width, new_height) = if width <= height {
+        (
+            short,
+            ((short as u64 * height as u64) / width as u64).max(1) as u32,
+        )
+    } else {
+        (
+            ((short as u64 * width as u64) / height as u64).max(1) as u32,
+            short,
+        )
+    };
+    let resized = imageops::resize(image, new_width, new_height, FilterType::Triangle);
+    center_crop(&resized, side)
 }
 
 /// Crops the centre `side x side` square; the offset is rounded as torchvision's `CenterCrop`.

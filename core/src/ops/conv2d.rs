@@ -41,17 +41,36 @@ pub fn conv2d(input: Tensor<4>, conv: &Conv2d) -> Tensor<4> {
     let (Some(padding), true) = (padding, plain) else {
         return conv.forward(input);
     };
+    conv2d_weights(
+        input,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|bias| bias.val()),
+        conv.stride[0],
+        padding,
+    )
+}
 
-    let weight = conv.weight.val();
-    let bias = match &conv.bias {
-        Some(bias) => bias.val(),
-        None => Tensor::zeros([weight.dims()[0]], &weight.device()),
-    };
+/// Convolves `input` with `weight` (PyTorch layout), adds `bias`, with square `stride` and zero
+/// `padding` on every side.
+///
+/// # Shapes
+/// - `input`: `[batch, in_channels, height, width]`
+/// - `weight`: `[out_channels, in_channels, kernel_height, kernel_width]`
+/// - `bias`: `[out_channels]`
+/// - output: `[batch, out_channels, out_height, out_width]`
+pub fn conv2d_weights(
+    input: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &weight.device()));
     let output = <Dispatch as Conv2dOps>::conv2d_forward(
         input.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
-        conv.stride[0],
+        stride,
         padding,
     );
     Tensor::from_dispatch(output)

@@ -3,4 +3,4 @@
 pub mod conv2d;
 mod cpu_conv;
 
-pub use conv2d::{Conv2dOps, conv2d};
+pub use conv2d::{Conv2dOps, conv2d, conv2d_weights};
