@@ -255,6 +255,10 @@ pub fn run(args: GenerateArgs, quiet: bool) -> Result<()> {
         if done > 0 { seconds / done as f64 } else { 0.0 },
         args.out.display()
     );
+    // Read the store back as training reads it, as a check of what was written.
+    let store = GeneratedStore::open(&args.out)
+        .with_context(|| format!("cannot read the store {}", args.out.display()))?;
+    println!("the store has generated images for {} photos", store.len());
     if !bad.is_empty() {
         println!("skipped {} photos that could not be read:", bad.len());
         for line in &bad {
