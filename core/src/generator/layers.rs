@@ -30,6 +30,17 @@ fn buffer<const D: usize>(tensor: Tensor<D>) -> Param<Tensor<D>> {
     Param::from_tensor(tensor).set_require_grad(false)
 }
 
+/// Returns a random `[1, size]` vector of unit norm, the starting left singular vector of a new
+/// layer.
+fn random_unit_row(size: usize, eps: f64, device: &Device) -> Tensor<2> {
+    let row = Tensor::<2>::random(
+        [1, size],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    normalize_rows(row, eps)
+}
+
 /// Returns `x / max(||x||, eps)` for each row of `x`.
 fn normalize_rows(x: Tensor<2>, eps: f64) -> Tensor<2> {
     let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(eps);
@@ -58,14 +69,7 @@ pub struct SnLinear {
 impl SnLinear {
     /// Creates a layer with N(0, 0.02) weights, zero bias and a unit-norm `u0`.
     pub fn new(inputs: usize, outputs: usize, bias: bool, eps: f64, device: &Device) -> Self {
-        let u0 = normalize_rows(
-            Tensor::<2>::random(
-                [1, outputs],
-                burn::tensor::Distribution::Normal(0.0, 1.0),
-                device,
-            ),
-            eps,
-        );
+        let u0 = random_unit_row(outputs, eps, device);
         SnLinear {
             weight: Param::from_tensor(
                 normal([outputs, inputs], device).reshape([outputs, inputs]),
@@ -116,14 +120,7 @@ impl SnConv2d {
         eps: f64,
         device: &Device,
     ) -> Self {
-        let u0 = normalize_rows(
-            Tensor::<2>::random(
-                [1, outputs],
-                burn::tensor::Distribution::Normal(0.0, 1.0),
-                device,
-            ),
-            eps,
-        );
+        let u0 = random_unit_row(outputs, eps, device);
         let shape = [outputs, inputs, kernel, kernel];
         SnConv2d {
             weight: Param::from_tensor(normal(shape, device).reshape(shape)),
