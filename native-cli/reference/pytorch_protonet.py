@@ -183,7 +183,9 @@ def train(args):
     base = load_split(args.data, "base")
     val = load_split(args.data, "val")
     model = conv4()
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-8, amsgrad=True)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=args.lr, eps=1e-8, amsgrad=not args.no_amsgrad
+    )
     labels = query_labels(args.n_way, args.n_query)
     rng = random.Random(args.seed)
     for epoch in range(1, args.epochs + 1):
@@ -244,6 +246,7 @@ def main():
     train_parser.add_argument("--val-episodes", type=int, default=50)
     train_parser.add_argument("--lr", type=float, default=1e-3)
     train_parser.add_argument("--seed", type=int, default=0)
+    train_parser.add_argument("--no-amsgrad", action="store_true", help="plain Adam")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
