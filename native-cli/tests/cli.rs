@@ -489,7 +489,7 @@ fn invalid_options_are_explained() {
                 "--lr",
                 "-1",
             ],
-            "optimizer.lr = -1",
+            "optimizer.lr (flag --lr) = -1",
         ),
         (
             vec![

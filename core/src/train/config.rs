@@ -18,12 +18,29 @@ pub enum ConfigError {
         path: std::path::PathBuf,
         message: String,
     },
-    #[error("invalid config value {field} = {value}: {reason}")]
+    #[error("invalid config value {field}{} = {value}: {reason}", flag_of(field))]
     Invalid {
         field: &'static str,
         value: String,
         reason: String,
     },
+}
+
+/// Returns " (flag --x)" for configuration keys that `metairnet train` also sets by a flag, so
+/// that an error names what the user typed.
+fn flag_of(field: &str) -> String {
+    let flag = match field {
+        "seed" => "--seed",
+        "training.epochs" => "--epochs",
+        "training.episodes_per_epoch" => "--episodes-per-epoch",
+        "optimizer.lr" => "--lr",
+        "episodes.n_way" => "--n-way",
+        "episodes.n_shot" => "--n-shot",
+        "episodes.n_query" => "--n-query",
+        "validation.episodes" => "--val-episodes",
+        _ => return String::new(),
+    };
+    format!(" (flag {flag})")
 }
 
 /// Everything that defines a training run. Unknown keys are errors, so a typo cannot silently
