@@ -16,6 +16,8 @@ pub mod generator;
 pub mod hash;
 pub mod model;
 pub mod ops;
+#[cfg(test)]
+mod test_support;
 #[cfg(feature = "train")]
 pub mod train;
 

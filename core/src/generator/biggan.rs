@@ -297,6 +297,7 @@ mod tests {
 
     #[test]
     fn output_shape_and_range() {
+        let _rng = crate::test_support::lock_rng();
         let device = Device::flex();
         for (resolution, attention) in [(32, 0), (64, 64)] {
             let config = BigGanConfig::new()
@@ -321,6 +322,7 @@ mod tests {
 
     #[test]
     fn invalid_configurations_are_named() {
+        let _rng = crate::test_support::lock_rng();
         let config = BigGanConfig::new().with_resolution(100);
         assert_eq!(config.validate(), Err(BigGanConfigError::Resolution(100)));
         let config = BigGanConfig::new().with_dim_z(100);

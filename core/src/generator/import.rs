@@ -266,6 +266,7 @@ mod tests {
 
     #[test]
     fn import_matches_pytorch_reference() {
+        let _rng = crate::test_support::lock_rng();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("G_ema.pth");
         write_checkpoint(&path, &pytorch_keys());
@@ -312,6 +313,7 @@ mod tests {
 
     #[test]
     fn mismatched_checkpoint_names_the_tensors() {
+        let _rng = crate::test_support::lock_rng();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("G_ema.pth");
         let mut keys = pytorch_keys();
@@ -332,6 +334,7 @@ mod tests {
 
     #[test]
     fn missing_checkpoint_is_named() {
+        let _rng = crate::test_support::lock_rng();
         let error = load_biggan(
             Path::new("/nonexistent/G_ema.pth"),
             &small_config(),
@@ -345,6 +348,7 @@ mod tests {
 
     #[test]
     fn vgg16_loads_torchvision_keys() {
+        let _rng = crate::test_support::lock_rng();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vgg16.pth");
         // torchvision's `vgg16().features` convolution indices and their widths, divided by 16.

@@ -130,12 +130,14 @@ mod tests {
 
     #[test]
     fn torchvision_indices() {
+        let _rng = crate::test_support::lock_rng();
         let indices: Vec<usize> = (0..9).map(Vgg16Features::torchvision_index).collect();
         assert_eq!(indices, vec![0, 2, 5, 7, 10, 12, 14, 17, 19]);
     }
 
     #[test]
     fn feature_shapes() {
+        let _rng = crate::test_support::lock_rng();
         let device = Device::flex();
         let model = Vgg16Config::new().with_width_divisor(16).init(&device);
         let maps = model.forward(Tensor::zeros([1, 3, 32, 32], &device));

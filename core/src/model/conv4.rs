@@ -106,6 +106,7 @@ mod tests {
 
     #[test]
     fn embedding_is_1600_at_84() {
+        let _rng = crate::test_support::lock_rng();
         let device = Device::flex();
         let model = Conv4Config::new().init(&device);
         let images = Tensor::<4>::zeros([2, 3, 84, 84], &device);
@@ -114,6 +115,7 @@ mod tests {
 
     #[test]
     fn parameter_count_matches_standard_conv4() {
+        let _rng = crate::test_support::lock_rng();
         // Per block: 3x3 conv weights and bias, BatchNorm gamma and beta: 113,088 trainable
         // values. `num_params` also counts BatchNorm's running mean and variance.
         let first = 3 * 64 * 9 + 64 + 2 * 64;
@@ -128,6 +130,7 @@ mod tests {
     /// same loss, for weights in every block (training-mode BatchNorm included).
     #[test]
     fn gradients_match_finite_differences() {
+        let _rng = crate::test_support::lock_rng();
         use crate::model::{protonet_loss, prototypes, query_logits};
         use burn::module::Param;
 

@@ -92,6 +92,7 @@ mod tests {
 
     #[test]
     fn prototypes_average_shots() {
+        let _rng = crate::test_support::lock_rng();
         let device = Device::flex();
         let support =
             Tensor::<2>::from_floats([[1.0, 0.0], [3.0, 2.0], [0.0, 4.0], [0.0, 6.0]], &device);
@@ -104,6 +105,7 @@ mod tests {
 
     #[test]
     fn logits_are_negative_squared_distances() {
+        let _rng = crate::test_support::lock_rng();
         let device = Device::flex();
         let queries = Tensor::<2>::from_floats([[0.0, 0.0], [1.0, 1.0]], &device);
         let protos = Tensor::<2>::from_floats([[3.0, 4.0], [1.0, 0.0]], &device);
@@ -116,6 +118,7 @@ mod tests {
 
     #[test]
     fn loss_matches_hand_computation() {
+        let _rng = crate::test_support::lock_rng();
         let device = Device::flex();
         let logits = Tensor::<2>::from_floats([[0.0, 0.0], [2.0, 0.0]], &device);
         let labels = Tensor::<1, Int>::from_ints([0, 1], &device);
@@ -130,6 +133,7 @@ mod tests {
 
     #[test]
     fn accuracy_counts_argmax_hits() {
+        let _rng = crate::test_support::lock_rng();
         let logits = [0.1, 0.9, 0.8, 0.2, 0.3, 0.7];
         assert!((accuracy(&logits, &[1, 0, 0], 2) - 2.0 / 3.0).abs() < 1e-12);
     }

@@ -163,6 +163,7 @@ mod tests {
 
     #[test]
     fn resnet18_parameter_count_matches_torchvision() {
+        let _rng = crate::test_support::lock_rng();
         // torchvision's resnet18 has 11,689,512 parameters; its fc layer has 512 * 1000 + 1000,
         // and `num_params` also counts the running mean and variance of its 4,800 BatchNorm
         // channels.
@@ -174,6 +175,7 @@ mod tests {
 
     #[test]
     fn embedding_is_512_at_84_and_224() {
+        let _rng = crate::test_support::lock_rng();
         let device = Device::flex();
         let model = ResNetConfig::new().init(&device);
         for side in [84, 224] {

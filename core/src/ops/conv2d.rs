@@ -392,6 +392,7 @@ mod tests {
 
     #[test]
     fn forward_matches_burn_convolution() {
+        let _rng = crate::test_support::lock_rng();
         let device = Device::flex();
         device.seed(3);
         for case in &CASES {
@@ -411,6 +412,7 @@ mod tests {
 
     #[test]
     fn gradients_match_burn_convolution() {
+        let _rng = crate::test_support::lock_rng();
         let device = Device::flex().autodiff();
         device.seed(4);
         for case in &CASES {

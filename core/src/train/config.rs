@@ -398,7 +398,10 @@ mod tests {
         let mut config = TrainConfig::default();
         config.optimizer.lr = -1.0;
         let message = config.validate().unwrap_err().to_string();
-        assert!(message.contains("optimizer.lr (flag --lr) = -1"), "{message}");
+        assert!(
+            message.contains("optimizer.lr (flag --lr) = -1"),
+            "{message}"
+        );
     }
 
     #[test]

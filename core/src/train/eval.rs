@@ -138,6 +138,7 @@ mod tests {
 
     #[test]
     fn ci_uses_population_std() {
+        let _rng = crate::test_support::lock_rng();
         // Values 0 and 100: mean 50, population std 50, so ci = 1.96 * 50 / sqrt(2).
         let (mean, ci) = mean_and_ci95(&[0.0, 100.0]);
         assert_eq!(mean, 50.0);
@@ -146,6 +147,7 @@ mod tests {
 
     #[test]
     fn constant_values_have_zero_ci() {
+        let _rng = crate::test_support::lock_rng();
         let (mean, ci) = mean_and_ci95(&[40.0; 600]);
         assert_eq!(mean, 40.0);
         assert_eq!(ci, 0.0);

@@ -376,6 +376,7 @@ mod tests {
     /// optimizer step fit together.
     #[test]
     fn adam_fits_one_episode() {
+        let _rng = crate::test_support::lock_rng();
         let device = Device::flex().autodiff();
         device.seed(3);
         let mut model = Conv4Config::new().init(&device);
