@@ -82,6 +82,27 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
     }
     let bars = Bars::new(quiet || args.json);
     let run = open_run(&args.run)?;
+    if let Ok(info) = run.info() {
+        // A dataset may be given as CUB_200_2011 or as its parent, so a path inside the other
+        // counts as the same data.
+        let resolve = |path: &std::path::Path| {
+            path.canonicalize()
+                .or_else(|_| std::path::absolute(path))
+                .unwrap_or_else(|_| path.to_path_buf())
+        };
+        let same = |a: &std::path::Path, b: &std::path::Path| {
+            let (a, b) = (resolve(a), resolve(b));
+            a.starts_with(&b) || b.starts_with(&a)
+        };
+        if !same(&info.data, &args.data.data) {
+            log::warn!(
+                "run {} was trained on {}; evaluating on {}",
+                args.run.display(),
+                info.data.display(),
+                args.data.data.display()
+            );
+        }
+    }
     let config = run.config()?;
     let (epoch, checkpoint) = checkpoint_dir(&run, args.last)?;
     let selected = args.device.select()?;
@@ -160,7 +181,7 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
         println!("{object}");
     } else {
         println!(
-            "{}-way {}-shot accuracy on {} {} episode{} (seed {}): {:.2}% ± {:.2} (95% CI), checkpoint of epoch {}",
+            "{}-way {}-shot accuracy on {} {} episode{} (seed {}): {:.2}% ± {} (95% CI), checkpoint of epoch {}",
             shape.n_way,
             shape.n_shot,
             args.episodes,
@@ -168,7 +189,12 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
             if args.episodes == 1 { "" } else { "s" },
             args.seed,
             accuracy,
-            ci95,
+            // One episode has no spread to estimate an interval from.
+            if args.episodes > 1 {
+                format!("{ci95:.2}")
+            } else {
+                "n/a".to_string()
+            },
             epoch
         );
         if saved.is_ok() {

@@ -88,7 +88,11 @@ impl RunInfo {
         RunInfo {
             seed,
             git_commit: crate::GIT_COMMIT.to_string(),
-            data: data.to_path_buf(),
+            // Absolute, so that the path still means the same folder from another directory.
+            data: data
+                .canonicalize()
+                .or_else(|_| std::path::absolute(data))
+                .unwrap_or_else(|_| data.to_path_buf()),
             data_fingerprint: data_fingerprint.to_string(),
             device: device.to_string(),
             command: std::env::args().collect(),
