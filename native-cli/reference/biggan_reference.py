@@ -1,10 +1,10 @@
 """Independent PyTorch reference for the BigGAN generator of `metairnet::generator`.
 
-It builds BigGAN-PyTorch's generator (hierarchical z, shared class embedding, class-conditional
-BatchNorm with stored statistics, spectral normalisation from the stored vector u0 without
-updating it, self-attention, tanh) with the same state-dict key names, fills every tensor with
-a deterministic formula, runs it on fixed latents and prints a JSON summary of the images. The
-Rust test `generator::tests::import_matches_pytorch_reference` writes a checkpoint with the same
+It builds BigGAN-PyTorch's generator with the same state-dict key names: hierarchical z, shared
+class embedding, class-conditional BatchNorm with stored statistics, spectral normalisation from
+the stored vector u0 without updating it, self-attention and tanh. It fills every tensor with a
+deterministic formula, runs the generator on fixed latents and prints a JSON summary of the
+images. The Rust test `generator::import::tests::import_matches_pytorch_reference` writes a checkpoint with the same
 keys and formula, loads it through `load_biggan` and compares its output with the numbers this
 script printed. `--save FILE` also writes the checkpoint with `torch.save`.
 
@@ -69,7 +69,7 @@ def keys_and_shapes():
 
 
 def formula(name, t, shape):
-    """The deterministic value of every element; `t` is the key's position in sorted order."""
+    """Return the deterministic values of a tensor; `t` is the key's position in sorted order."""
     count = math.prod(shape)
     if name.endswith("gamma"):
         values = [0.5] * count

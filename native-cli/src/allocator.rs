@@ -3,8 +3,8 @@
 //! A training step on the CPU backend allocates and frees activations of tens to hundreds of
 //! MiB many times. glibc serves blocks above its mmap threshold (128 KiB to 32 MiB) with fresh
 //! `mmap` calls and gives freed heap memory back with `munmap` and trimming, so every step paid
-//! for page faults, page zeroing and TLB shootdowns: measured on a 2-core machine, about a third
-//! of a Conv4 training step was kernel time and the step ran at 0.44 instead of 0.80 episodes/s.
+//! for page faults, page zeroing and TLB shootdowns. Measured on a 2-core machine, about a third
+//! of a Conv4 training step was kernel time, and the step ran at 0.44 instead of 0.80 episodes/s.
 //! Keeping freed memory in the process removes that cost at the price of a higher resident
 //! size (926 instead of 795 MiB peak in the same measurement).
 

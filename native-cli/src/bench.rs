@@ -95,8 +95,8 @@ pub struct BenchArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 16)]
     n_query: usize,
 
-    /// Python interpreter for the PyTorch reference, run on the same episode after the Burn
-    /// devices; the comparison is skipped with a message when it cannot import torch.
+    /// Python interpreter for the PyTorch reference, which runs the same episode after the Burn
+    /// devices. When it cannot import torch, the comparison is skipped with a message.
     #[arg(long, default_value = "python3", value_name = "PROGRAM")]
     python: String,
 

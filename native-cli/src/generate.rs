@@ -269,7 +269,14 @@ pub fn run(args: GenerateArgs, quiet: bool) -> Result<()> {
         println!("note: random weights; see {} in the store", METADATA_FILE);
     }
     if let Some(count) = args.preview {
-        let path = write_preview(&args.out, &dataset, &photos, count, config.resolution)?;
+        let path = write_preview(
+            &args.out,
+            &store,
+            &dataset,
+            &photos,
+            count,
+            config.resolution,
+        )?;
         println!("preview: {}", path.display());
     }
     Ok(())
@@ -405,12 +412,12 @@ fn write_samples(
 /// Writes a grid: one row per photo, the cropped photo first, then its generated images.
 fn write_preview(
     out: &Path,
+    store: &GeneratedStore,
     dataset: &Dataset,
     photos: &[PathBuf],
     count: usize,
     resolution: usize,
 ) -> Result<PathBuf> {
-    let store = GeneratedStore::open(out)?;
     let rows: Vec<(RgbImage, Vec<PathBuf>)> = photos
         .iter()
         .filter_map(|photo| {
@@ -424,12 +431,14 @@ fn write_preview(
     if rows.is_empty() {
         bail!("no generated images in {} to preview", out.display());
     }
+
     let side = resolution as u32;
     let gap = 4;
     let columns = 1 + rows.iter().map(|(_, g)| g.len()).max().unwrap_or(0) as u32;
     let width = columns * side + (columns + 1) * gap;
     let height = rows.len() as u32 * side + (rows.len() as u32 + 1) * gap;
     let mut grid = RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+
     for (row, (source, generated)) in rows.iter().enumerate() {
         let y = gap + row as u32 * (side + gap);
         imageops::overlay(&mut grid, source, gap as i64, y as i64);
@@ -442,6 +451,7 @@ fn write_preview(
             imageops::overlay(&mut grid, &image, x as i64, y as i64);
         }
     }
+
     let path = out.join("preview.png");
     grid.save(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;

@@ -554,8 +554,8 @@ fn diverging_loss_stops_training() {
 }
 
 /// `generate` with the reduced random generator on real photos: one complete folder of samples
-/// per photo, metadata that says the weights are random, a preview, and a second run that
-/// skips finished photos.
+/// per photo, metadata that records random weights, a preview, and a second run that skips
+/// finished photos.
 #[test]
 fn generate_writes_resumable_store() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,11 +5,10 @@
 //! linear layer (learning rate 5e-4). The second is one latent `z` (1e-2). The third is one
 //! class vector, starting at the mean of the class embedding (3e-2). Everything else is frozen, and
 //! BatchNorm uses its stored statistics. Each iteration feeds `z + N(0, 0.05^2)` and minimises
-//! `L1(G(z), y) + 0.1 * perceptual + 0.1 * EMD(z)`, where the perceptual term sums the mean
-//! squared differences of the VGG16 activations `relu1_1` to `relu4_2` (inputs ImageNet-
-//! normalised), and EMD compares `z` with fresh N(0, I) samples: the mean over `z` of the
-//! smallest squared distance to a sample plus the mean over samples of the smallest squared
-//! distance to `z`.
+//! `L1(G(z), y) + 0.1 * perceptual + 0.1 * EMD(z)`. The perceptual term sums the mean squared
+//! differences of the VGG16 activations `relu1_1` to `relu4_2`, with ImageNet-normalised inputs.
+//! EMD compares `z` with fresh N(0, I) samples: it is the mean over `z` of the smallest squared
+//! distance to a sample plus the mean over samples of the smallest squared distance to `z`.
 //!
 //! Sampling then draws `clamp(z * Bernoulli(0.5) + N(0, 0.2^2), -0.4, 0.4)` per image.
 

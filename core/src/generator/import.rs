@@ -57,10 +57,7 @@ pub fn load_biggan(
         .with_key_remapping(r"^output_layer\.2\.", "output_layer.conv.");
     let result = model
         .load_from(&mut store)
-        .map_err(|e| ImportError::Unreadable {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| unreadable(path, e))?;
     let expected_missing = |name: &str| name == "linear_scale" || name == "linear_shift";
     let ignored_unused = |name: &str| name.ends_with(".sv0");
     check_result(
@@ -98,10 +95,7 @@ pub fn load_vgg16(
     }
     let result = model
         .load_from(&mut store)
-        .map_err(|e| ImportError::Unreadable {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| unreadable(path, e))?;
     // Layers past relu4_2 and the classifier are not used by the perceptual loss.
     let deep_layers = |name: &str| {
         name.starts_with("classifier.")
@@ -120,6 +114,13 @@ pub fn load_vgg16(
         deep_layers,
     )?;
     Ok(model)
+}
+
+fn unreadable(path: &Path, error: impl std::fmt::Display) -> ImportError {
+    ImportError::Unreadable {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    }
 }
 
 fn check_exists(path: &Path) -> Result<(), ImportError> {
@@ -204,6 +205,8 @@ mod tests {
             keys.insert(format!("{prefix}.weight"), shape);
         };
         sn("linear", vec![16 * ch * 16, chunk], true);
+
+        // Residual blocks, with attention after the last one (64x64).
         let mut plain = Vec::new();
         for (i, (a, b)) in [(16, 16), (16, 8), (8, 4), (4, 2)].into_iter().enumerate() {
             let (a, b) = (a * ch, b * ch);
@@ -226,6 +229,7 @@ mod tests {
                 plain.push((format!("{q}.gamma"), vec![1]));
             }
         }
+
         let last = 2 * ch;
         sn("output_layer.2", vec![3, last, 3, 3], true);
         for name in ["gain", "bias", "stored_mean", "stored_var"] {

@@ -105,10 +105,13 @@ fn zip_stored(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
             h.extend_from_slice(name.as_bytes());
             h
         };
+
         out.extend(header(0x0403_4b50, false));
         out.extend_from_slice(data);
         central.extend(header(0x0201_4b50, true));
     }
+
+    // The central directory, then the end-of-central-directory record.
     let central_offset = out.len() as u32;
     let central_len = central.len() as u32;
     out.extend(central);

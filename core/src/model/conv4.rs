@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() {
         let _rng = crate::test_support::lock_rng();
-        use crate::model::{protonet_loss, prototypes, query_logits};
+        use crate::model::{protonet_logits, protonet_loss};
         use burn::module::Param;
 
         let device = Device::flex().autodiff();
@@ -153,12 +153,7 @@ mod tests {
                 &device,
             );
             let embeddings = model.forward(images);
-            let support = embeddings.clone().narrow(0, 0, n_way);
-            let queries = embeddings.narrow(0, n_way, n_way * n_query);
-            protonet_loss(
-                query_logits(queries, prototypes(support, n_way)),
-                label_tensor,
-            )
+            protonet_loss(protonet_logits(embeddings, n_way, n_way), label_tensor)
         };
 
         let loss = loss_of(&model);

@@ -1,7 +1,7 @@
-//! ResNet-18 without its classifier, in torchvision's layout: a 7x7 stride-2 stem with
-//! BatchNorm, ReLU and 3x3 stride-2 max-pooling, four stages of two basic blocks (64, 128, 256
-//! and 512 channels, stages 2-4 starting with stride 2 and a 1x1 projection shortcut), then
-//! global average pooling to a 512-d embedding. Convolutions have no bias.
+//! ResNet-18 without its classifier, in torchvision's layout. A 7x7 stride-2 stem with
+//! BatchNorm, ReLU and 3x3 stride-2 max-pooling comes first. Four stages of two basic blocks
+//! follow (64, 128, 256 and 512 channels); stages 2-4 start with stride 2 and a 1x1 projection
+//! shortcut. Global average pooling gives a 512-d embedding. Convolutions have no bias.
 //!
 //! Field names follow torchvision's parameter names (`conv1`, `bn1`, `layer1`..`layer4`,
 //! `downsample`), so a torchvision checkpoint maps onto this module by name.
@@ -164,9 +164,9 @@ mod tests {
     #[test]
     fn resnet18_parameter_count_matches_torchvision() {
         let _rng = crate::test_support::lock_rng();
-        // torchvision's resnet18 has 11,689,512 parameters; its fc layer has 512 * 1000 + 1000,
-        // and `num_params` also counts the running mean and variance of its 4,800 BatchNorm
-        // channels.
+        // torchvision's resnet18 has 11,689,512 parameters, of which its fc layer has
+        // 512 * 1000 + 1000. `num_params` also counts the running mean and variance of the 4,800
+        // BatchNorm channels.
         let model = ResNetConfig::new().init(&Device::flex());
         let without_fc = 11_689_512 - 513_000;
         assert_eq!(without_fc, 11_176_512);

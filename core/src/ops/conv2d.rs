@@ -374,10 +374,10 @@ mod tests {
             .init(device)
     }
 
-    fn assert_close(actual: Tensor<4>, expected: Tensor<4>, what: &str) {
+    fn assert_close(actual: Tensor<4>, expected: Tensor<4>, case_name: &str) {
         let actual = actual.into_data().try_to_vec::<f32>().unwrap();
         let expected = expected.into_data().try_to_vec::<f32>().unwrap();
-        assert_eq!(actual.len(), expected.len(), "{what}: sizes");
+        assert_eq!(actual.len(), expected.len(), "{case_name}: sizes");
         let scale = expected
             .iter()
             .fold(0.0f32, |m, v| m.max(v.abs()))
@@ -385,7 +385,7 @@ mod tests {
         for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
             assert!(
                 (a - e).abs() <= 1e-4 * scale,
-                "{what}: entry {i} is {a}, Burn's convolution gives {e}"
+                "{case_name}: entry {i} is {a}, Burn's convolution gives {e}"
             );
         }
     }
@@ -402,11 +402,15 @@ mod tests {
                 burn::tensor::Distribution::Normal(0.0, 1.0),
                 &device,
             );
-            let what = format!(
+            let case_name = format!(
                 "{}x{} stride {} padding {} on {:?}",
                 case.kernel, case.kernel, case.stride, case.padding, case.size
             );
-            assert_close(conv2d(input.clone(), &conv), conv.forward(input), &what);
+            assert_close(
+                conv2d(input.clone(), &conv),
+                conv.forward(input),
+                &case_name,
+            );
         }
     }
 
@@ -434,7 +438,7 @@ mod tests {
                 .sum()
                 .backward();
             let burns = (conv.forward(input.clone()) * probe).sum().backward();
-            let what = format!(
+            let case_name = format!(
                 "{}x{} stride {} padding {} on {:?}",
                 case.kernel, case.kernel, case.stride, case.padding, case.size
             );
@@ -442,13 +446,13 @@ mod tests {
             assert_close(
                 input.grad(&ours).unwrap(),
                 input.grad(&burns).unwrap(),
-                &format!("input gradient, {what}"),
+                &format!("input gradient, {case_name}"),
             );
             let weight = conv.weight.val();
             assert_close(
                 weight.grad(&ours).unwrap(),
                 weight.grad(&burns).unwrap(),
-                &format!("weight gradient, {what}"),
+                &format!("weight gradient, {case_name}"),
             );
             let bias = conv.bias.as_ref().unwrap().val();
             let ours_bias = bias
@@ -459,7 +463,11 @@ mod tests {
                 .grad(&burns)
                 .unwrap()
                 .reshape([1, 1, 1, case.channels[1]]);
-            assert_close(ours_bias, burns_bias, &format!("bias gradient, {what}"));
+            assert_close(
+                ours_bias,
+                burns_bias,
+                &format!("bias gradient, {case_name}"),
+            );
         }
     }
 }

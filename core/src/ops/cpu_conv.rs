@@ -430,7 +430,7 @@ fn scatter_planes(
 
 /// Writes the im2col rows of one `[in_channels, in_height, in_width]` image into `columns`, a
 /// row-major matrix with `row_stride` columns, starting at column `offset`: row
-/// `(c * kh + ky) * kw + kx`, column `offset + oy * out_width + ox` holds the input value under
+/// `(c * kh + ky) * kw + kx`, column `offset + oy * out_width + ox` contains the input value under
 /// that kernel tap, or 0 in the padding.
 fn im2col(g: &ConvGeometry, image: &[f32], columns: &mut [f32], row_stride: usize, offset: usize) {
     let (out_h, out_w) = (g.out_height(), g.out_width());

@@ -370,7 +370,6 @@ fn rewrite_metrics(run: &RunFolder, history: &[EpochMetrics]) -> Result<(), RunE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{prototypes, query_logits};
 
     /// Repeating one episode must drive its loss down: the forward pass, the gradients and the
     /// optimizer step fit together.
@@ -402,12 +401,7 @@ mod tests {
                 &device,
             );
             let embeddings = model.forward(images);
-            let support = embeddings.clone().narrow(0, 0, n_way);
-            let queries = embeddings.narrow(0, n_way, n_way * n_query);
-            let loss = protonet_loss(
-                query_logits(queries, prototypes(support, n_way)),
-                label_tensor,
-            );
+            let loss = protonet_loss(protonet_logits(embeddings, n_way, n_way), label_tensor);
             losses.push(loss.clone().into_scalar::<f32>());
             let gradients = GradientsParams::from_grads(loss.backward(), &model);
             model = optimizer.step(1e-3, model, gradients);
