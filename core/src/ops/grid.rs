@@ -114,13 +114,13 @@ mod tests {
             .into_data()
             .try_to_vec::<f32>()
             .unwrap();
-        // Height 4: blocks of 2, 2 and 0 rows, so the last grid row is never used.
+        // Side 4: blocks of 2, 2 and 0 pixels, so the last grid row and column are never used.
         #[rustfmt::skip]
         let expected = [
-            0.0, 0.0, 0.1, 0.2,
-            0.0, 0.0, 0.1, 0.2,
-            0.3, 0.3, 0.4, 0.5,
-            0.3, 0.3, 0.4, 0.5,
+            0.0, 0.0, 0.1, 0.1,
+            0.0, 0.0, 0.1, 0.1,
+            0.3, 0.3, 0.4, 0.4,
+            0.3, 0.3, 0.4, 0.4,
         ];
         for (a, b) in fused.iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{fused:?}");
