@@ -75,6 +75,9 @@ pub enum DataError {
     },
     #[error("image cache {path} is unusable ({reason}); delete it and run again")]
     Cache { path: PathBuf, reason: String },
+    #[cfg(feature = "train")]
+    #[error(transparent)]
+    Generated(#[from] super::generated::MissingGenerated),
 }
 
 /// A part of the dataset selected by class, following the standard few-shot split. With the

@@ -3,10 +3,14 @@
 //! training and evaluation sample from.
 
 mod cub;
+#[cfg(feature = "train")]
+mod generated;
 mod preprocess;
 mod store;
 
 pub use cub::{ClassEntry, DataError, Dataset, Split, display_class_name};
+#[cfg(feature = "train")]
+pub use generated::{GeneratedImages, MissingGenerated};
 pub use preprocess::{
     IMAGENET_MEAN, IMAGENET_STD, ImageSize, PreprocessError, crop_for_model, decode_image,
     load_photo, resize_and_center_crop, write_normalized_chw,
