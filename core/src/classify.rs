@@ -1,7 +1,7 @@
 //! Naming the class of photos from a few labelled photos per class, with a trained backbone.
 
 use crate::data::{ImageSize, write_normalized_chw};
-use crate::model::{Conv4, query_logits};
+use crate::model::{Backbone, query_logits};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use image::RgbImage;
@@ -15,7 +15,7 @@ const BATCH: usize = 64;
 /// # Shapes
 /// - output: `[photos.len(), embedding_dim]`
 pub fn embed_photos(
-    model: &Conv4,
+    model: &Backbone,
     photos: &[&RgbImage],
     size: ImageSize,
     device: &Device,
@@ -50,7 +50,7 @@ pub fn embed_photos(
 /// # Panics
 /// When a class has no photo.
 pub fn class_prototypes(
-    model: &Conv4,
+    model: &Backbone,
     classes: &[Vec<RgbImage>],
     size: ImageSize,
     device: &Device,
@@ -72,7 +72,7 @@ pub fn class_prototypes(
 /// Returns, for each query photo, the softmax over classes of minus the squared distance to each
 /// prototype.
 pub fn classify_photos(
-    model: &Conv4,
+    model: &Backbone,
     prototypes: Tensor<2>,
     queries: &[RgbImage],
     size: ImageSize,

@@ -130,7 +130,10 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
 
     let selected = args.device.select()?;
-    let model = load_model(&checkpoint, &selected.device)?.valid();
+    let model = load_model(&checkpoint, &config, &selected.device)?.valid();
+    // Photos given on the command line have no generated images, so the support set is the
+    // photos alone, also for a MetaIRNet run.
+    let model = model.backbone;
     let prototypes = class_prototypes(&model, &class_photos, size, &selected.device);
     let scores = classify_photos(&model, prototypes, &queries, size, &selected.device);
 

@@ -42,12 +42,6 @@ impl DataArgs {
             .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
         Some(base.join("metairnet").join("images"))
     }
-
-    /// Opens the dataset and decodes the photos of `split`.
-    pub fn load_split(&self, split: Split, size: ImageSize, bars: &Bars) -> Result<ImageStore> {
-        let dataset = Dataset::open(&self.data)?;
-        load_split(&dataset, split, size, self, bars)
-    }
 }
 
 /// Decodes the photos of one split with a progress bar and reports skipped files.
@@ -91,6 +85,79 @@ pub fn load_split(
         }
     }
     Ok(store)
+}
+
+/// Decodes the generated images of every photo of `photos` when `config` reads them, with a
+/// progress bar.
+pub fn load_generated(
+    config: &metairnet::train::TrainConfig,
+    dataset: &Dataset,
+    photos: &ImageStore,
+    split: Split,
+    bars: &Bars,
+) -> Result<Option<metairnet::data::GeneratedImages>> {
+    if !config.model.support_augment.needs_generated() {
+        return Ok(None);
+    }
+    let root = config
+        .model
+        .generated
+        .as_ref()
+        .context("the support augmentation reads generated images; pass --generated DIR")?;
+    load_generated_from(root, config.model.n_aug, dataset, photos, split, bars).map(Some)
+}
+
+/// Decodes, for every photo of `photos`, the generated images stored under `root`.
+pub fn load_generated_from(
+    root: &Path,
+    needed: usize,
+    dataset: &Dataset,
+    photos: &ImageStore,
+    split: Split,
+    bars: &Bars,
+) -> Result<metairnet::data::GeneratedImages> {
+    if !root.is_dir() {
+        anyhow::bail!(
+            "generated image folder {} not found; create it with `metairnet generate --data DIR --out {}`",
+            root.display(),
+            root.display()
+        );
+    }
+    let index = metairnet::generator::store::GeneratedStore::open(root)
+        .with_context(|| format!("failed to read generated image folder {}", root.display()))?;
+    let total: usize = photos
+        .paths
+        .iter()
+        .map(|photo| {
+            let relative = photo.strip_prefix(&dataset.root).unwrap_or(photo);
+            index.images_for(relative).len()
+        })
+        .sum();
+    bars.begin(&format!("load generated {split}"), total as u64);
+    let result = metairnet::data::GeneratedImages::load(
+        photos,
+        &dataset.root,
+        &index,
+        root,
+        needed,
+        0,
+        &|n| bars.advance(n),
+    );
+    bars.finish();
+    let generated = result?;
+    log::info!(
+        "{split} split: {total} generated images from {}",
+        root.display()
+    );
+    Ok(generated)
+}
+
+/// Returns `path` made absolute, so that a run folder's configuration names the same folder
+/// from any working directory.
+pub fn absolute(path: &Path) -> PathBuf {
+    path.canonicalize()
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The `--device` option.

@@ -1,11 +1,14 @@
 //! `metairnet eval`.
 
-use crate::common::{DataArgs, DeviceArgs, check_episode_fits, checkpoint_dir, open_run};
+use crate::common::{
+    DataArgs, DeviceArgs, absolute, check_episode_fits, checkpoint_dir, load_generated, open_run,
+};
 use crate::progress::Bars;
 use anyhow::{Context, Result};
 use metairnet::data::Split;
 use metairnet::episodes::EpisodeShape;
-use metairnet::train::{EvalOptions, EvalSummary, evaluate, load_model};
+use metairnet::model::SupportAugment;
+use metairnet::train::{EpisodeData, EvalOptions, EvalSummary, SupportPlan, evaluate, load_model};
 
 /// The largest `--episodes`; 100000 episodes already give a confidence interval below 0.1 points.
 const MAX_EPISODES: usize = 100_000;
@@ -50,6 +53,21 @@ pub struct EvalArgs {
     /// Query photos per class.
     #[arg(long, allow_negative_numbers = true, default_value_t = 16)]
     n_query: usize,
+
+    /// What joins each support photo at test time: none, flip, gaussian, generated, mixup or
+    /// fusion [default: the run's training setting]. Test-time flip, gaussian and generated
+    /// turn a ProtoNet run into the support-augmentation baselines; fusion needs a MetaIRNet
+    /// run.
+    #[arg(long, value_name = "KIND")]
+    support_augment: Option<SupportAugment>,
+
+    /// Extra support entries per support photo [default: the run's training setting].
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    n_aug: Option<usize>,
+
+    /// Folder of generated images [default: the one the run was trained with].
+    #[arg(long, value_name = "DIR")]
+    generated: Option<PathBuf>,
 
     /// Score the newest checkpoint instead of the best one.
     #[arg(long)]
@@ -103,10 +121,31 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
             );
         }
     }
-    let config = run.config()?;
+    let trained = run.config()?;
+    let mut config = trained.clone();
+    if let Some(kind) = args.support_augment {
+        config.model.support_augment = kind;
+    }
+    if let Some(count) = args.n_aug {
+        config.model.n_aug = count;
+    }
+    if let Some(dir) = &args.generated {
+        config.model.generated = Some(absolute(dir));
+    }
+    let augment = config.model.support_augment;
+    if augment == SupportAugment::Fusion && trained.model.support_augment != SupportAugment::Fusion
+    {
+        anyhow::bail!(
+            "invalid --support-augment fusion: run {} has no fusion network; choose none, flip, gaussian, generated or mixup",
+            args.run.display()
+        );
+    }
+    if augment.extra_per_support(config.model.n_aug) > 0 && config.model.n_aug == 0 {
+        anyhow::bail!("invalid --n-aug 0 with --support-augment {augment}; expected at least 1");
+    }
     let (epoch, checkpoint) = checkpoint_dir(&run, args.last)?;
     let selected = args.device.select()?;
-    let model = load_model(&checkpoint, &selected.device)?;
+    let model = load_model(&checkpoint, &trained, &selected.device)?;
 
     let shape = EpisodeShape {
         n_way: args.n_way,
@@ -114,9 +153,25 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
         n_query: args.n_query,
     };
     check_episode_fits(&selected, &shape, config.model.image_size)?;
-    let store = args
-        .data
-        .load_split(args.split, config.model.image_size, &bars)?;
+    let dataset = metairnet::data::Dataset::open(&args.data.data)?;
+    let store = crate::common::load_split(
+        &dataset,
+        args.split,
+        config.model.image_size,
+        &args.data,
+        &bars,
+    )?;
+    let generated = load_generated(&config, &dataset, &store, args.split, &bars)?;
+    let plan = SupportPlan {
+        augment,
+        copies: config.model.n_aug,
+        embedding_dim: config
+            .model
+            .backbone
+            .embedding_dim(config.model.image_size.pixels() as usize),
+        block_dropout: None,
+        seed: args.seed,
+    };
     let options = EvalOptions {
         split: args.split,
         episodes: args.episodes,
@@ -132,8 +187,12 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
         .with_context(|| format!("cannot write evaluation results in {}", eval_dir.display()))?;
 
     let started = Instant::now();
+    let data = EpisodeData {
+        photos: &store,
+        generated: generated.as_ref(),
+    };
     let (per_episode, accuracy, ci95) =
-        evaluate(&model, &store, shape, &options, &selected.device, &bars)?;
+        evaluate(&model, data, shape, &plan, &options, &selected.device, &bars)?;
     let summary = EvalSummary {
         accuracy,
         ci95,
@@ -143,6 +202,8 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
         n_way: shape.n_way,
         n_shot: shape.n_shot,
         n_query: shape.n_query,
+        support_augment: augment,
+        n_aug: config.model.n_aug,
         checkpoint_epoch: epoch,
         data: args.data.data.display().to_string(),
         data_fingerprint: store.fingerprint(),
@@ -156,7 +217,7 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
 
     // The time in the name keeps every evaluation, also of the same checkpoint on other data.
     let file = eval_dir.join(format!(
-        "{}-{}way{}shot{}query-seed{}-{}ep-epoch{}-{}.json",
+        "{}-{}way{}shot{}query-seed{}-{}ep-epoch{}{}-{}.json",
         args.split,
         shape.n_way,
         shape.n_shot,
@@ -164,6 +225,10 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
         args.seed,
         args.episodes,
         epoch,
+        match augment {
+            SupportAugment::None => String::new(),
+            other => format!("-{other}{}", config.model.n_aug),
+        },
         summary.unix_time
     ));
     let mut bytes = serde_json::to_vec_pretty(&summary)?;

@@ -1,6 +1,8 @@
 //! `metairnet train`.
 
-use crate::common::{DataArgs, DeviceArgs, check_episode_fits, load_split};
+use crate::common::{
+    DataArgs, DeviceArgs, absolute, check_episode_fits, load_generated, load_split,
+};
 use crate::progress::Bars;
 use anyhow::{Context, Result, bail};
 use metairnet::data::{Dataset, Split};
@@ -54,6 +56,27 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true, value_name = "N")]
     val_episodes: Option<usize>,
 
+    /// What joins each support photo in the support set, in training and validation: none
+    /// (ProtoNet), flip, gaussian, generated, mixup or fusion (MetaIRNet) [config default:
+    /// none].
+    #[arg(long, value_name = "KIND")]
+    support_augment: Option<metairnet::model::SupportAugment>,
+
+    /// Extra support entries (generated, mixed, fused or noisy copies) per support photo
+    /// [config default: 1].
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    n_aug: Option<usize>,
+
+    /// Folder of generated images written by `metairnet generate`, for the generated, mixup
+    /// and fusion augmentations.
+    #[arg(long, value_name = "DIR")]
+    generated: Option<PathBuf>,
+
+    /// Run folder (a ProtoNet run, say) whose best checkpoint gives the backbone its first
+    /// weights: the second stage of the two-stage recipe.
+    #[arg(long, value_name = "DIR")]
+    init_from: Option<PathBuf>,
+
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -85,6 +108,18 @@ impl TrainArgs {
         if let Some(count) = self.val_episodes {
             config.validation.episodes = count;
         }
+        if let Some(kind) = self.support_augment {
+            config.model.support_augment = kind;
+        }
+        if let Some(count) = self.n_aug {
+            config.model.n_aug = count;
+        }
+        if let Some(dir) = &self.generated {
+            config.model.generated = Some(dir.clone());
+        }
+        if let Some(dir) = &self.init_from {
+            config.init.from_run = Some(dir.clone());
+        }
     }
 }
 
@@ -100,6 +135,7 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
             None => TrainConfig::default(),
         };
         args.apply_overrides(&mut config);
+        make_paths_absolute(&mut config);
         config
     };
     config.validate()?;
@@ -111,6 +147,8 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     let base = load_split(&dataset, Split::Base, size, &args.data, &bars)?;
     let val = load_split(&dataset, Split::Val, size, &args.data, &bars)?;
     check_episode_data(&config, &base, &val)?;
+    let base_generated = load_generated(&config, &dataset, &base, Split::Base, &bars)?;
+    let val_generated = load_generated(&config, &dataset, &val, Split::Val, &bars)?;
     let fingerprint = format!("{}-{}", base.fingerprint(), val.fingerprint());
 
     let run = if resuming {
@@ -138,7 +176,9 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
             run: &run,
             device: &selected.device,
             base: Arc::new(base),
+            base_generated: base_generated.map(Arc::new),
             val: &val,
+            val_generated: val_generated.as_ref(),
             progress: &bars,
         },
     )?;
@@ -163,6 +203,19 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
+/// Makes the folders a configuration names absolute before it is stored in a run folder.
+fn make_paths_absolute(config: &mut TrainConfig) {
+    let paths = [
+        &mut config.model.generated,
+        &mut config.init.from_run,
+        &mut config.init.backbone_weights,
+        &mut config.fusion.encoder_weights,
+    ];
+    for path in paths.into_iter().flatten() {
+        *path = absolute(path);
+    }
+}
+
 /// Reads the configuration of an existing run. Flags may change the number of epochs and the
 /// learning rate (after a diverged loss, say); `metrics.jsonl` records the rate of every epoch.
 /// Any other change would make the run's records describe two different trainings, so it is an
@@ -175,6 +228,7 @@ fn resumed_config(args: &TrainArgs) -> Result<TrainConfig> {
         None => stored.clone(),
     };
     args.apply_overrides(&mut requested);
+    make_paths_absolute(&mut requested);
 
     let mut comparable = requested.clone();
     comparable.training.epochs = stored.training.epochs;

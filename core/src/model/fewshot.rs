@@ -84,6 +84,15 @@ impl SupportAugment {
             _ => copies,
         }
     }
+
+    /// Returns the number of extra support images (entries that go through the backbone) per
+    /// support image for `copies`; `gaussian` adds embeddings, not images.
+    pub fn extra_images_per_support(self, copies: usize) -> usize {
+        match self {
+            SupportAugment::Gaussian => 0,
+            other => other.extra_per_support(copies),
+        }
+    }
 }
 
 /// The images of one episode on a device.

@@ -3,7 +3,8 @@
 use super::run::{RunError, RunFolder, create_dir, read_json, to_json_pretty, write_file};
 use super::trainer::TrainerState;
 use crate::hash::fnv64_hex;
-use crate::model::{Conv4, Conv4Config};
+use super::config::TrainConfig;
+use crate::model::{Backbone, Conv4Config, FewShotNet, FusionNetConfig, SupportAugment};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::prelude::Device;
@@ -39,7 +40,7 @@ pub(crate) fn checkpoint_name(epoch: usize) -> String {
 /// `checkpoints/epoch-NNNN` once everything is on disk.
 pub(crate) fn save_checkpoint(
     run: &RunFolder,
-    model: &Conv4,
+    model: &FewShotNet,
     optimizer: &ModuleOptimizer,
     state: &TrainerState,
 ) -> Result<PathBuf, CheckpointError> {
@@ -123,17 +124,48 @@ pub(crate) fn load_optimizer(
     })
 }
 
-/// Loads the Conv4 weights of a checkpoint folder onto `device`.
-pub fn load_model(dir: &Path, device: &Device) -> Result<Conv4, CheckpointError> {
+/// Returns a model with the structure that `config` describes and fresh weights.
+pub fn model_skeleton(config: &TrainConfig, device: &Device) -> FewShotNet {
+    let side = config.model.image_size.pixels() as usize;
+    if config.model.support_augment == SupportAugment::Fusion {
+        let fusion = FusionNetConfig::new(config.fusion.encoder, side)
+            .with_siamese(config.fusion.siamese);
+        FewShotNet::metairnet(config.model.backbone, &fusion, device)
+    } else {
+        FewShotNet::protonet(config.model.backbone, device)
+    }
+}
+
+/// Loads the weights of a checkpoint folder of a run trained with `config` onto `device`.
+///
+/// Checkpoints written before models had a fusion network (a bare Conv4) load too.
+pub fn load_model(
+    dir: &Path,
+    config: &TrainConfig,
+    device: &Device,
+) -> Result<FewShotNet, CheckpointError> {
     let path = dir.join(MODEL_FILE);
     verify_checksum(dir, MODEL_FILE)?;
-    Conv4Config::new()
-        .init(device)
-        .try_load_file(&path)
-        .map_err(|e| CheckpointError::Load {
-            path,
-            message: e.to_string(),
-        })
+    match model_skeleton(config, device).try_load_file(&path) {
+        Ok(model) => Ok(model),
+        Err(error) => {
+            let plain_conv4 = config.model.support_augment != SupportAugment::Fusion
+                && matches!(model_skeleton(config, device).backbone, Backbone::Conv4(_));
+            let legacy = plain_conv4
+                .then(|| Conv4Config::new().init(device).try_load_file(&path).ok())
+                .flatten();
+            match legacy {
+                Some(conv4) => Ok(FewShotNet {
+                    backbone: Backbone::Conv4(conv4),
+                    fusion: None,
+                }),
+                None => Err(CheckpointError::Load {
+                    path,
+                    message: error.to_string(),
+                }),
+            }
+        }
+    }
 }
 
 /// Compares a checkpoint file with the hash recorded when it was written. Checkpoints without a

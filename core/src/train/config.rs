@@ -2,6 +2,8 @@
 
 use crate::data::ImageSize;
 use crate::episodes::EpisodeShape;
+use crate::model::{BackboneKind, BlockDropoutConfig, SupportAugment};
+use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -38,6 +40,9 @@ fn flag_of(field: &str) -> String {
         "episodes.n_shot" => "--n-shot",
         "episodes.n_query" => "--n-query",
         "validation.episodes" => "--val-episodes",
+        "model.generated" => "--generated",
+        "model.support_augment" => "--support-augment",
+        "model.n_aug" => "--n-aug",
         _ => return String::new(),
     };
     format!(" (flag {flag})")
@@ -56,16 +61,76 @@ pub struct TrainConfig {
     pub schedule: LrSchedule,
     pub training: TrainingSection,
     pub validation: ValidationSection,
+    pub fusion: FusionSection,
+    pub block_dropout: BlockDropoutConfig,
+    pub init: InitSection,
 }
 
 /// The network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
-    /// Backbone name; `conv4` is the one implemented.
-    pub backbone: String,
+    /// The embedding network: `conv4` or `resnet18`.
+    pub backbone: BackboneKind,
     /// Input side in pixels: 84 or 224.
     pub image_size: ImageSize,
+    /// What joins each support image in the support set, in training and at test time: `none`
+    /// (ProtoNet), `flip`, `gaussian`, `generated`, `mixup` or `fusion` (MetaIRNet).
+    pub support_augment: SupportAugment,
+    /// Extra support entries per support image (generated, mixed, fused or noisy copies).
+    pub n_aug: usize,
+    /// The folder of generated images (written by `metairnet generate`); needed by
+    /// `generated`, `mixup` and `fusion`.
+    pub generated: Option<PathBuf>,
+}
+
+/// The fusion network of MetaIRNet, used when `model.support_augment = "fusion"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FusionSection {
+    /// The encoders' network: `conv4` or `resnet18`.
+    pub encoder: BackboneKind,
+    /// One shared encoder for the original and the generated image (MetaIRNet++ Siamese).
+    pub siamese: bool,
+    /// The fusion network's learning rate as a fraction of the backbone's; when left out, 0.5
+    /// for a Siamese fusion network and 1 otherwise.
+    pub lr_factor: Option<f64>,
+    /// Start the encoders from the backbone's initial weights when they are the same network
+    /// (for example a ProtoNet Conv4 of the first training stage), instead of fresh weights.
+    pub encoders_from_backbone: bool,
+    /// A torchvision ResNet-18 checkpoint (ImageNet weights) for ResNet-18 encoders.
+    pub encoder_weights: Option<PathBuf>,
+}
+
+/// Where the weights of a new run come from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitSection {
+    /// A run folder (for example a ProtoNet run) whose best checkpoint gives the backbone's
+    /// first weights: the two-stage recipe.
+    pub from_run: Option<PathBuf>,
+    /// A torchvision ResNet-18 checkpoint (ImageNet weights) for a ResNet-18 backbone.
+    pub backbone_weights: Option<PathBuf>,
+}
+
+impl Default for FusionSection {
+    fn default() -> Self {
+        FusionSection {
+            encoder: BackboneKind::Conv4,
+            siamese: false,
+            lr_factor: None,
+            encoders_from_backbone: true,
+            encoder_weights: None,
+        }
+    }
+}
+
+impl FusionSection {
+    /// Returns the fusion network's learning-rate factor.
+    pub fn lr_factor(&self) -> f64 {
+        self.lr_factor
+            .unwrap_or(if self.siamese { 0.5 } else { 1.0 })
+    }
 }
 
 /// Adam's settings.
@@ -133,6 +198,9 @@ impl Default for TrainConfig {
             schedule: LrSchedule::default(),
             training: TrainingSection::default(),
             validation: ValidationSection::default(),
+            fusion: FusionSection::default(),
+            block_dropout: BlockDropoutConfig::default(),
+            init: InitSection::default(),
         }
     }
 }
@@ -140,8 +208,11 @@ impl Default for TrainConfig {
 impl Default for ModelSection {
     fn default() -> Self {
         ModelSection {
-            backbone: "conv4".to_string(),
+            backbone: BackboneKind::Conv4,
             image_size: ImageSize::S84,
+            support_augment: SupportAugment::None,
+            n_aug: 1,
+            generated: None,
         }
     }
 }
@@ -240,19 +311,49 @@ impl TrainConfig {
                 reason: reason.to_string(),
             })
         };
-        if self.model.backbone != "conv4" {
-            return invalid(
-                "model.backbone",
-                self.model.backbone.clone(),
-                "expected conv4",
-            );
-        }
-        if self.model.image_size != ImageSize::S84 {
+        let conv4_at_224 = |kind: BackboneKind| {
+            kind == BackboneKind::Conv4 && self.model.image_size != ImageSize::S84
+        };
+        if conv4_at_224(self.model.backbone) {
             return invalid(
                 "model.image_size",
                 self.model.image_size.pixels().to_string(),
-                "the conv4 backbone takes 84x84 inputs",
+                "the conv4 backbone takes 84x84 inputs; use 84, or backbone = \"resnet18\" for 224",
             );
+        }
+        let augment = self.model.support_augment;
+        if augment == SupportAugment::Fusion && conv4_at_224(self.fusion.encoder) {
+            return invalid(
+                "fusion.encoder",
+                self.fusion.encoder.to_string(),
+                "conv4 encoders take 84x84 inputs; use resnet18 encoders at 224",
+            );
+        }
+        if augment.extra_per_support(self.model.n_aug) > 0 && self.model.n_aug == 0 {
+            return invalid(
+                "model.n_aug",
+                "0".into(),
+                "must be at least 1 with a support augmentation",
+            );
+        }
+        if augment.needs_generated() && self.model.generated.is_none() {
+            return invalid(
+                "model.generated",
+                "(none)".into(),
+                "the support augmentation reads generated images; give the folder written by `metairnet generate`",
+            );
+        }
+        if let Some(factor) = self.fusion.lr_factor
+            && !(factor.is_finite() && factor > 0.0)
+        {
+            return invalid(
+                "fusion.lr_factor",
+                factor.to_string(),
+                "must be a positive number",
+            );
+        }
+        if let Err((field, value, reason)) = self.block_dropout.check() {
+            return invalid(field, value, reason);
         }
         if self.episodes.n_way < 2 {
             return invalid(

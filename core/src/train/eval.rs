@@ -1,9 +1,10 @@
 //! Scoring a model on fixed-seed episodes: mean accuracy and its 95% confidence interval.
 
 use super::progress::Progress;
-use crate::data::{ImageStore, Split};
-use crate::episodes::{Episode, EpisodeSampler};
-use crate::model::{Conv4, accuracy, protonet_logits};
+use super::prepare::{PreparedEpisode, SupportPlan};
+use crate::data::{GeneratedImages, ImageStore, Split};
+use crate::episodes::EpisodeSampler;
+use crate::model::{FewShotNet, SupportAugment, accuracy};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,11 @@ pub struct EvalSummary {
     pub n_way: usize,
     pub n_shot: usize,
     pub n_query: usize,
+    /// What joined the support set, and how many copies per support image.
+    #[serde(default)]
+    pub support_augment: SupportAugment,
+    #[serde(default)]
+    pub n_aug: usize,
     /// The epoch of the evaluated checkpoint.
     pub checkpoint_epoch: usize,
     /// The dataset folder and the fingerprint of the split's class and photo names.
@@ -61,28 +67,26 @@ pub fn mean_and_ci95(values: &[f64]) -> (f64, f64) {
     (mean, 1.96 * variance.sqrt() / n.sqrt())
 }
 
-/// Computes the query logits of one episode, row-major `[n_query_total, n_way]`.
+/// The photos of a split and, for augmentations that read them, their generated images.
+#[derive(Clone, Copy)]
+pub struct EpisodeData<'a> {
+    pub photos: &'a ImageStore,
+    pub generated: Option<&'a GeneratedImages>,
+}
+
+/// Computes the query logits of a prepared episode, row-major `[n_query_total, n_way]`.
 ///
 /// `model` must be in evaluation mode (see [`Module::valid`]) and `device` a plain device, so
 /// BatchNorm uses its running statistics.
 pub fn episode_logits(
-    model: &Conv4,
-    store: &ImageStore,
-    episode: &Episode,
+    model: &FewShotNet,
+    prepared: &PreparedEpisode,
     n_way: usize,
     device: &Device,
 ) -> Vec<f32> {
-    let side = store.size.pixels() as usize;
-    let count = episode.support.len() + episode.query.len();
-    let images = Tensor::<4>::from_data(
-        TensorData::new(episode.images(store), [count, 3, side, side]),
-        device,
-    );
-
-    let embeddings = model.forward(images);
-    let logits = protonet_logits(embeddings, episode.support.len(), n_way);
-
-    logits
+    let output = model.episode(prepared.input(n_way, device), &prepared.augment);
+    output
+        .logits
         .into_data()
         .try_to_vec::<f32>()
         .expect("logits are f32")
@@ -91,9 +95,10 @@ pub fn episode_logits(
 /// Scores `model` on episodes `0..count` of `sampler` and returns each episode's accuracy in
 /// percent.
 pub fn evaluate_episodes(
-    model: &Conv4,
-    store: &ImageStore,
+    model: &FewShotNet,
+    data: EpisodeData<'_>,
     sampler: &EpisodeSampler,
+    plan: &SupportPlan,
     count: usize,
     device: &Device,
     progress: &dyn Progress,
@@ -102,8 +107,9 @@ pub fn evaluate_episodes(
     let mut accuracies = Vec::with_capacity(count);
     for index in 0..count {
         let episode = sampler.episode(index as u64, false);
-        let logits = episode_logits(model, store, &episode, shape.n_way, device);
         let labels = episode.query_labels(&shape);
+        let prepared = plan.prepare(episode, index as u64, data.photos, data.generated);
+        let logits = episode_logits(model, &prepared, shape.n_way, device);
         accuracies.push(100.0 * accuracy(&logits, &labels, shape.n_way));
         progress.advance(1);
         if index % 10 == 9 {
@@ -114,19 +120,21 @@ pub fn evaluate_episodes(
     accuracies
 }
 
-/// Scores `model` on `options.episodes` episodes of `store` drawn with `options.seed`.
+/// Scores `model` on `options.episodes` episodes of `data` drawn with `options.seed`.
 pub fn evaluate(
-    model: &Conv4,
-    store: &ImageStore,
+    model: &FewShotNet,
+    data: EpisodeData<'_>,
     shape: crate::episodes::EpisodeShape,
+    plan: &SupportPlan,
     options: &EvalOptions,
     device: &Device,
     progress: &dyn Progress,
 ) -> Result<(Vec<f64>, f64, f64), crate::data::DataError> {
-    let sampler = EpisodeSampler::new(store, options.split, shape, options.seed)?;
+    let sampler = EpisodeSampler::new(data.photos, options.split, shape, options.seed)?;
     progress.begin(&format!("eval {}", options.split), options.episodes as u64);
     let model = model.valid();
-    let accuracies = evaluate_episodes(&model, store, &sampler, options.episodes, device, progress);
+    let accuracies =
+        evaluate_episodes(&model, data, &sampler, plan, options.episodes, device, progress);
     progress.finish();
     let (mean, ci95) = mean_and_ci95(&accuracies);
     Ok((accuracies, mean, ci95))

@@ -1,21 +1,23 @@
-//! The episodic training loop of ProtoNet with a Conv4 backbone.
+//! The episodic training loop of ProtoNet and MetaIRNet.
 //!
 //! Each epoch runs `episodes_per_epoch` training episodes, then scores the model on fixed-seed
 //! validation episodes, saves a checkpoint and appends a line to `metrics.jsonl`. Training an
 //! existing run folder resumes after its newest checkpoint, so an interruption loses at most
 //! the epoch in progress.
 
+use super::build::{BuildError, initial_model};
 use super::checkpoint::{
     CheckpointError, checkpoint_name, load_model, load_optimizer, load_state, prune_checkpoints,
     save_checkpoint,
 };
 use super::config::TrainConfig;
-use super::eval::{evaluate_episodes, mean_and_ci95};
+use super::eval::{EpisodeData, evaluate_episodes, mean_and_ci95};
+use super::prepare::{PreparedEpisode, SupportPlan};
 use super::progress::Progress;
 use super::run::{BestEpoch, RunError, RunFolder, to_json_pretty, write_file};
-use crate::data::{DataError, ImageStore, Split};
-use crate::episodes::{Episode, EpisodeSampler};
-use crate::model::{Conv4, Conv4Config, accuracy, protonet_logits, protonet_loss};
+use crate::data::{DataError, GeneratedImages, ImageStore, Split};
+use crate::episodes::EpisodeSampler;
+use crate::model::{FewShotNet, accuracy, protonet_loss};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,8 @@ pub enum TrainError {
     Run(#[from] RunError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
     #[error(
         "the training loss became {value} at epoch {epoch}, episode {episode}, so training stopped; {kept}. Run the same command with a lower --lr to continue from there"
     )]
@@ -59,6 +63,12 @@ pub struct EpochMetrics {
     pub train_seconds: f64,
     pub val_seconds: f64,
     pub train_episodes_per_second: f64,
+    /// Mean and standard deviation of the fusion weights over the epoch's training episodes,
+    /// for MetaIRNet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_weight_mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_weight_std: Option<f64>,
 }
 
 /// The trainer state that a checkpoint records besides weights and optimizer state.
@@ -76,8 +86,12 @@ pub struct TrainOptions<'a> {
     pub device: &'a Device,
     /// Photos of the base classes.
     pub base: Arc<ImageStore>,
+    /// Generated images of the base photos, for augmentations that read them.
+    pub base_generated: Option<Arc<GeneratedImages>>,
     /// Photos of the validation classes.
     pub val: &'a ImageStore,
+    /// Generated images of the validation photos.
+    pub val_generated: Option<&'a GeneratedImages>,
     pub progress: &'a dyn Progress,
 }
 
@@ -116,7 +130,9 @@ pub fn train(config: &TrainConfig, options: TrainOptions<'_>) -> Result<TrainOut
         run,
         device,
         base,
+        base_generated,
         val,
+        val_generated,
         progress,
     } = options;
     let shape = config.episodes;
@@ -135,7 +151,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions<'_>) -> Result<TrainOut
     let (mut model, mut state) = match run.latest_checkpoint()? {
         Some((_, dir)) => {
             let state = load_state(&dir)?;
-            let model = load_model(&dir, &train_device)?;
+            let model = load_model(&dir, config, &train_device)?;
             optimizer = load_optimizer(&dir, optimizer)?;
             log::info!(
                 "resuming after epoch {} from {}",
@@ -146,7 +162,7 @@ pub fn train(config: &TrainConfig, options: TrainOptions<'_>) -> Result<TrainOut
         }
         None => {
             train_device.seed(config.seed);
-            let model = Conv4Config::new().init(&train_device);
+            let model = initial_model(config, &train_device)?;
             let state = TrainerState {
                 epochs_done: 0,
                 history: Vec::new(),
@@ -159,6 +175,29 @@ pub fn train(config: &TrainConfig, options: TrainOptions<'_>) -> Result<TrainOut
     // A crash between writing a checkpoint and the metrics file leaves the metrics behind;
     // the checkpoint's own history is authoritative.
     rewrite_metrics(run, &state.history)?;
+    let embedding_dim = config
+        .model
+        .backbone
+        .embedding_dim(config.model.image_size.pixels() as usize);
+    let train_plan = SupportPlan {
+        augment: config.model.support_augment,
+        copies: config.model.n_aug,
+        embedding_dim,
+        block_dropout: config
+            .block_dropout
+            .enabled
+            .then(|| config.block_dropout.clone()),
+        seed: config.seed,
+    };
+    let val_plan = SupportPlan {
+        block_dropout: None,
+        seed: config.validation.seed,
+        ..train_plan.clone()
+    };
+    let val_data = EpisodeData {
+        photos: val,
+        generated: val_generated,
+    };
 
     for epoch in state.epochs_done..config.training.epochs {
         let lr_at_start = config.schedule.learning_rate(
@@ -171,18 +210,23 @@ pub fn train(config: &TrainConfig, options: TrainOptions<'_>) -> Result<TrainOut
             config.training.episodes_per_epoch as u64,
         );
         let started = Instant::now();
-        let (next_model, loss, accuracy) = train_epoch(
+        let outcome = train_epoch(
             config,
             epoch,
             model,
             &mut optimizer,
-            &train_sampler,
-            &base,
+            EpochData {
+                sampler: &train_sampler,
+                plan: &train_plan,
+                photos: &base,
+                generated: &base_generated,
+            },
             &train_device,
             progress,
             &state,
         )?;
-        model = next_model;
+        model = outcome.model;
+        let (loss, accuracy) = (outcome.loss, outcome.accuracy);
         let train_seconds = started.elapsed().as_secs_f64();
         progress.finish();
 
@@ -191,8 +235,9 @@ pub fn train(config: &TrainConfig, options: TrainOptions<'_>) -> Result<TrainOut
         let eval_model = model.valid();
         let accuracies = evaluate_episodes(
             &eval_model,
-            val,
+            val_data,
             &val_sampler,
+            &val_plan,
             config.validation.episodes,
             &plain_device,
             progress,
@@ -211,6 +256,8 @@ pub fn train(config: &TrainConfig, options: TrainOptions<'_>) -> Result<TrainOut
             train_seconds,
             val_seconds,
             train_episodes_per_second: config.training.episodes_per_epoch as f64 / train_seconds,
+            fusion_weight_mean: outcome.fusion_weights.map(|(mean, _)| mean),
+            fusion_weight_std: outcome.fusion_weights.map(|(_, std)| std),
         };
         log::info!(
             "epoch {}: loss {:.4}, train acc {:.2}%, val acc {:.2}% ± {:.2}, {:.2} episodes/s",
@@ -256,35 +303,59 @@ pub fn train(config: &TrainConfig, options: TrainOptions<'_>) -> Result<TrainOut
     })
 }
 
+/// The episodes of a training epoch.
+struct EpochData<'a> {
+    sampler: &'a EpisodeSampler,
+    plan: &'a SupportPlan,
+    photos: &'a Arc<ImageStore>,
+    generated: &'a Option<Arc<GeneratedImages>>,
+}
+
+/// The result of one training epoch.
+struct EpochOutcome {
+    model: FewShotNet,
+    loss: f64,
+    /// Percent.
+    accuracy: f64,
+    /// Mean and standard deviation of the fusion weights, when the model fuses.
+    fusion_weights: Option<(f64, f64)>,
+}
+
 /// Runs one epoch of training episodes and returns the updated model with the mean loss and
-/// mean training accuracy (percent).
+/// mean training accuracy.
 #[allow(clippy::too_many_arguments)]
 fn train_epoch(
     config: &TrainConfig,
     epoch: usize,
-    mut model: Conv4,
+    mut model: FewShotNet,
     optimizer: &mut ModuleOptimizer,
-    sampler: &EpisodeSampler,
-    store: &Arc<ImageStore>,
+    data: EpochData<'_>,
     device: &Device,
     progress: &dyn Progress,
     state: &TrainerState,
-) -> Result<(Conv4, f64, f64), TrainError> {
+) -> Result<EpochOutcome, TrainError> {
     let shape = config.episodes;
     let per_epoch = config.training.episodes_per_epoch;
-    let side = store.size.pixels() as usize;
     let first_index = (epoch * per_epoch) as u64;
+    let fusion_lr_factor = config.fusion.lr_factor();
 
     // Episodes are assembled on a second thread while the model computes.
-    let (sender, receiver) = sync_channel::<(Episode, Vec<f32>)>(2);
-    let producer_sampler = sampler.clone();
-    let producer_store = Arc::clone(store);
+    let (sender, receiver) = sync_channel::<PreparedEpisode>(2);
+    let producer_sampler = data.sampler.clone();
+    let producer_plan = data.plan.clone();
+    let producer_photos = Arc::clone(data.photos);
+    let producer_generated = data.generated.clone();
     let flip = config.training.flip;
     let producer = std::thread::spawn(move || {
-        for index in 0..per_epoch as u64 {
-            let episode = producer_sampler.episode(first_index + index, flip);
-            let images = episode.images(&producer_store);
-            if sender.send((episode, images)).is_err() {
+        for index in first_index..first_index + per_epoch as u64 {
+            let episode = producer_sampler.episode(index, flip);
+            let prepared = producer_plan.prepare(
+                episode,
+                index,
+                &producer_photos,
+                producer_generated.as_deref(),
+            );
+            if sender.send(prepared).is_err() {
                 break;
             }
         }
@@ -292,8 +363,9 @@ fn train_epoch(
 
     let mut loss_sum = 0.0;
     let mut accuracy_sum = 0.0;
+    let (mut weight_sum, mut weight_square_sum, mut weight_count) = (0.0f64, 0.0f64, 0usize);
     for step in 0..per_epoch {
-        let (episode, images) = receiver.recv().expect("episode producer thread stopped");
+        let prepared = receiver.recv().expect("episode producer thread stopped");
         let progress_in_epochs = epoch as f64 + step as f64 / per_epoch as f64;
         let lr = config.schedule.learning_rate(
             config.optimizer.lr,
@@ -301,16 +373,11 @@ fn train_epoch(
             config.training.epochs,
         );
 
-        let count = episode.support.len() + episode.query.len();
-        let images =
-            Tensor::<4>::from_data(TensorData::new(images, [count, 3, side, side]), device);
-        let labels = episode.query_labels(&shape);
+        let labels = prepared.episode.query_labels(&shape);
         let label_tensor =
             Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [labels.len()]), device);
-
-        let embeddings = model.forward(images);
-        let logits = protonet_logits(embeddings, episode.support.len(), shape.n_way);
-        let loss = protonet_loss(logits.clone(), label_tensor);
+        let output = model.episode(prepared.input(shape.n_way, device), &prepared.augment);
+        let loss = protonet_loss(output.logits.clone(), label_tensor);
 
         let loss_value = loss.clone().into_scalar::<f32>();
         if !loss_value.is_finite() {
@@ -330,14 +397,30 @@ fn train_epoch(
                 kept,
             });
         }
-        let logits_values = logits
+        let logits_values = output
+            .logits
             .into_data()
             .try_to_vec::<f32>()
             .expect("logits are f32");
         let episode_accuracy = 100.0 * accuracy(&logits_values, &labels, shape.n_way);
+        if let Some(weights) = output.fusion_weights {
+            let values = weights.into_data().try_to_vec::<f32>().expect("f32 weights");
+            weight_sum += values.iter().map(|&w| w as f64).sum::<f64>();
+            weight_square_sum += values.iter().map(|&w| (w as f64).powi(2)).sum::<f64>();
+            weight_count += values.len();
+        }
 
-        let gradients = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(lr, model, gradients);
+        // One optimizer for both parts: its state is keyed by parameter, and the fusion
+        // network takes its own learning rate.
+        let mut gradients = loss.backward();
+        let FewShotNet { backbone, fusion } = model;
+        let backbone_gradients = GradientsParams::from_module(&mut gradients, &backbone);
+        let backbone = optimizer.step(lr, backbone, backbone_gradients);
+        let fusion = fusion.map(|fusion| {
+            let fusion_gradients = GradientsParams::from_module(&mut gradients, &fusion);
+            optimizer.step(lr * fusion_lr_factor, fusion, fusion_gradients)
+        });
+        model = FewShotNet { backbone, fusion };
 
         loss_sum += loss_value as f64;
         accuracy_sum += episode_accuracy;
@@ -350,11 +433,17 @@ fn train_epoch(
         ));
     }
     producer.join().expect("episode producer thread panicked");
-    Ok((
+    let fusion_weights = (weight_count > 0).then(|| {
+        let mean = weight_sum / weight_count as f64;
+        let variance = (weight_square_sum / weight_count as f64 - mean * mean).max(0.0);
+        (mean, variance.sqrt())
+    });
+    Ok(EpochOutcome {
         model,
-        loss_sum / per_epoch as f64,
-        accuracy_sum / per_epoch as f64,
-    ))
+        loss: loss_sum / per_epoch as f64,
+        accuracy: accuracy_sum / per_epoch as f64,
+        fusion_weights,
+    })
 }
 
 /// Writes `metrics.jsonl` with one line per epoch of `history`.
@@ -378,7 +467,7 @@ mod tests {
         let _rng = crate::test_support::lock_rng();
         let device = Device::flex().autodiff();
         device.seed(3);
-        let mut model = Conv4Config::new().init(&device);
+        let mut model = crate::model::Conv4Config::new().init(&device);
         let mut optimizer = AdamConfig::new()
             .with_epsilon(1e-8)
             .with_amsgrad(true)
@@ -401,7 +490,8 @@ mod tests {
                 &device,
             );
             let embeddings = model.forward(images);
-            let loss = protonet_loss(protonet_logits(embeddings, n_way, n_way), label_tensor);
+            let logits = crate::model::protonet_logits(embeddings, n_way, n_way);
+            let loss = protonet_loss(logits, label_tensor);
             losses.push(loss.clone().into_scalar::<f32>());
             let gradients = GradientsParams::from_grads(loss.backward(), &model);
             model = optimizer.step(1e-3, model, gradients);
