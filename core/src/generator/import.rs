@@ -11,7 +11,7 @@
 
 use crate::generator::{BigGan, BigGanConfig, BigGanConfigError, Vgg16Config, Vgg16Features};
 use burn::prelude::*;
-use burn::store::{ApplyResult, ModuleSnapshot, PytorchStore};
+use burn::store::{ApplyError, ApplyResult, ModuleSnapshot, PytorchStore};
 use std::path::{Path, PathBuf};
 
 /// A failed checkpoint import.
@@ -19,12 +19,16 @@ use std::path::{Path, PathBuf};
 pub enum ImportError {
     #[error("checkpoint {path} not found")]
     NotFound { path: PathBuf },
-    #[error("cannot read checkpoint {path} as a PyTorch state dict: {reason}")]
-    Unreadable { path: PathBuf, reason: String },
+    #[error("cannot read checkpoint {path} as a {format}: {reason}")]
+    Unreadable {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Config(#[from] BigGanConfigError),
     #[error(
-        "checkpoint {path} does not match the {model} configuration ({config}):\n{problems}\nCheck that the file is the {model} checkpoint and that the configuration (width, resolution, latent size) is the one it was trained with."
+        "checkpoint {path} does not match the {model} configuration ({config}):\n{problems}\nCheck that the file is the {model} checkpoint and that the configuration is the one it was trained with."
     )]
     Mismatch {
         path: PathBuf,
@@ -57,7 +61,7 @@ pub fn load_biggan(
         .with_key_remapping(r"^output_layer\.2\.", "output_layer.conv.");
     let result = model
         .load_from(&mut store)
-        .map_err(|e| unreadable(path, e))?;
+        .map_err(|e| unreadable(path, PYTORCH_FORMAT, e))?;
     let expected_missing = |name: &str| name == "linear_scale" || name == "linear_shift";
     let ignored_unused = |name: &str| name.ends_with(".sv0");
     check_result(
@@ -67,6 +71,7 @@ pub fn load_biggan(
         &result,
         expected_missing,
         ignored_unused,
+        str::to_string,
     )?;
     Ok(model)
 }
@@ -95,7 +100,7 @@ pub fn load_vgg16(
     }
     let result = model
         .load_from(&mut store)
-        .map_err(|e| unreadable(path, e))?;
+        .map_err(|e| unreadable(path, PYTORCH_FORMAT, e))?;
     // Layers past relu4_2 and the classifier are not used by the perceptual loss.
     let deep_layers = |name: &str| {
         name.starts_with("classifier.")
@@ -112,18 +117,27 @@ pub fn load_vgg16(
         &result,
         |_| false,
         deep_layers,
+        str::to_string,
     )?;
     Ok(model)
 }
 
-fn unreadable(path: &Path, error: impl std::fmt::Display) -> ImportError {
+/// The file format that `PytorchStore` reads, as error messages name it.
+pub(crate) const PYTORCH_FORMAT: &str = "PyTorch state dict";
+
+pub(crate) fn unreadable(
+    path: &Path,
+    format: &'static str,
+    error: impl std::fmt::Display,
+) -> ImportError {
     ImportError::Unreadable {
         path: path.to_path_buf(),
+        format,
         reason: error.to_string(),
     }
 }
 
-fn check_exists(path: &Path) -> Result<(), ImportError> {
+pub(crate) fn check_exists(path: &Path) -> Result<(), ImportError> {
     if path.is_file() {
         Ok(())
     } else {
@@ -134,27 +148,48 @@ fn check_exists(path: &Path) -> Result<(), ImportError> {
 }
 
 /// Turns missing, unused and mismatched tensors into one error that lists them.
-fn check_result(
+///
+/// `expected_missing` receives module paths and `ignored_unused` checkpoint keys after key
+/// remapping. `checkpoint_key` turns either into the key the user sees in the checkpoint, so
+/// that the error names tensors as the file does.
+pub(crate) fn check_result(
     path: &Path,
     model: &'static str,
     config: String,
     result: &ApplyResult,
     expected_missing: impl Fn(&str) -> bool,
     ignored_unused: impl Fn(&str) -> bool,
+    checkpoint_key: impl Fn(&str) -> String,
 ) -> Result<(), ImportError> {
     let mut problems = Vec::new();
     for error in &result.errors {
-        problems.push(format!("  {error}"));
+        let problem = match error {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => format!(
+                "  wrong shape for {}: the model expects {:?}, the checkpoint has {:?}",
+                checkpoint_key(path),
+                expected.as_slice(),
+                found.as_slice()
+            ),
+            other => format!("  {other}"),
+        };
+        problems.push(problem);
     }
     for (name, _) in result
         .missing
         .iter()
         .filter(|(name, _)| !expected_missing(name))
     {
-        problems.push(format!("  missing tensor: {name}"));
+        problems.push(format!("  missing tensor: {}", checkpoint_key(name)));
     }
     for name in result.unused.iter().filter(|name| !ignored_unused(name)) {
-        problems.push(format!("  tensor with no place in the model: {name}"));
+        problems.push(format!(
+            "  tensor with no place in the model: {}",
+            checkpoint_key(name)
+        ));
     }
     if problems.is_empty() {
         return Ok(());

@@ -5,7 +5,7 @@ mod biggan;
 #[cfg(feature = "train")]
 mod finetune;
 #[cfg(feature = "train")]
-mod import;
+pub(crate) mod import;
 mod layers;
 #[cfg(test)]
 pub(crate) mod pth_writer;

@@ -6,6 +6,8 @@ mod block_dropout;
 mod conv4;
 mod fewshot;
 mod fusion;
+#[cfg(feature = "train")]
+mod import;
 mod protonet;
 mod resnet;
 
@@ -16,5 +18,7 @@ pub use fewshot::{
     EpisodeAugment, EpisodeInput, EpisodeOutput, FewShotNet, GAUSSIAN_NOISE_STD, SupportAugment,
 };
 pub use fusion::{FusionNet, FusionNetConfig};
+#[cfg(feature = "train")]
+pub use import::{load_resnet, load_resnet18};
 pub use protonet::{accuracy, protonet_logits, protonet_loss, prototypes, query_logits};
 pub use resnet::{BasicBlock, Downsample, ResNet, ResNetConfig};
