@@ -8,6 +8,8 @@ mod evaluate;
 mod generate;
 mod interrupt;
 mod progress;
+mod summary;
+mod table;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -27,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train ProtoNet Conv4 on the base classes of a CUB folder; resume a run folder that exists.
+    /// Train ProtoNet or MetaIRNet on the base classes of a CUB folder; resume a run folder that
+    /// exists.
     Train(train::TrainArgs),
     /// Score a run's best checkpoint on fixed-seed episodes of a split.
     Eval(evaluate::EvalArgs),
@@ -37,6 +40,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fine-tune the generator on every photo of a dataset and store the generated images.
     Generate(generate::GenerateArgs),
+    /// Print the parameters and multiply-accumulates of ProtoNet, MetaIRNet and MetaIRNet++.
+    Summary(summary::SummaryArgs),
+    /// Train and evaluate every row of a results table on the same test episodes.
+    Table(table::TableArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +69,8 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify::run(args, cli.quiet),
         Command::Bench(args) => bench::run(args, cli.quiet),
         Command::Generate(args) => generate::run(args, cli.quiet),
+        Command::Summary(args) => summary::run(args),
+        Command::Table(args) => table::run(args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -319,12 +319,12 @@ fn check_same_data(run: &RunFolder, fingerprint: &str, data: &Path) -> Result<()
 /// Marks a run folder as in use by this process, so that a second `train` on the same folder
 /// stops instead of overwriting its checkpoints. The `train.lock` file holds the process id; a
 /// lock left by a process that no longer runs (after `kill -9`) is taken over.
-struct RunLock {
+pub(crate) struct RunLock {
     path: PathBuf,
 }
 
 impl RunLock {
-    fn acquire(run: &Path) -> Result<RunLock> {
+    pub(crate) fn acquire(run: &Path) -> Result<RunLock> {
         let path = run.join("train.lock");
         for _ in 0..2 {
             match std::fs::OpenOptions::new()
