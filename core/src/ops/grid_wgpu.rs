@@ -3,6 +3,11 @@
 //! Every kernel reads contiguous f32 tensors, so the inputs are made contiguous first (a
 //! transposed or sliced view is copied once). Tensors of another float type, and empty tensors,
 //! take the default bodies of the trait.
+//!
+//! NOTE: on lavapipe (Mesa 22.3.6, 2 cores) `metairnet bench --kernels` measured these kernels
+//! at 0.35x to 0.86x the speed of Burn's fused tensor operations for the same computation; they
+//! read one f32 per invocation and do several integer divisions per element. They have not been
+//! timed on a GPU.
 
 use super::grid::{GridOps, primitive};
 use burn::backend::TensorMetadata;
