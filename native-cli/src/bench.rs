@@ -103,6 +103,29 @@ pub struct BenchArgs {
     /// Skip the PyTorch reference.
     #[arg(long)]
     no_pytorch: bool,
+
+    /// Time the grid fusion and Block Dropout operations against the same computation in tensor
+    /// operations, at sides 84 and 224, instead of the model. Uses --device and --warmup.
+    #[arg(long)]
+    kernels: bool,
+
+    /// Images per batch for --kernels (3 channels each).
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 10,
+        value_name = "N"
+    )]
+    kernel_batch: usize,
+
+    /// Timed runs per measurement for --kernels, after the warm-up; the median is printed.
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        default_value_t = 10,
+        value_name = "N"
+    )]
+    kernel_runs: usize,
 }
 
 /// The largest episode measured, in images: 1000 images of 84x84 take about 7 GiB for the first
@@ -134,6 +157,9 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<()> {
             .device,
         ],
     };
+    if args.kernels {
+        return run_kernels(&args, choices);
+    }
     if args.train_episodes == 0 || args.eval_episodes == 0 {
         anyhow::bail!("--train-episodes and --eval-episodes must be at least 1");
     }
@@ -207,6 +233,31 @@ pub fn run(args: BenchArgs, _quiet: bool) -> Result<()> {
     }
     if failures > 0 {
         anyhow::bail!("{failures} device(s) failed the benchmark");
+    }
+    Ok(())
+}
+
+/// Runs `bench --kernels` on each chosen device.
+fn run_kernels(args: &BenchArgs, choices: Vec<DeviceChoice>) -> Result<()> {
+    if args.kernel_runs == 0 || args.kernel_batch == 0 {
+        anyhow::bail!(
+            "invalid --kernel-runs {} or --kernel-batch {}: both must be at least 1",
+            args.kernel_runs,
+            args.kernel_batch
+        );
+    }
+    let options = crate::bench_kernels::KernelBenchOptions {
+        batch: args.kernel_batch,
+        runs: args.kernel_runs,
+        warmup: args.warmup,
+    };
+    println!(
+        "grid kernels: batch of {} images with 3 channels, median of {} runs after {} warm-up runs",
+        options.batch, options.runs, options.warmup
+    );
+    for choice in choices {
+        let selected = crate::common::DeviceArgs { device: choice }.select()?;
+        crate::bench_kernels::run(&selected, &options)?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod allocator;
 mod bench;
+mod bench_kernels;
 mod classify;
 mod common;
 mod evaluate;
