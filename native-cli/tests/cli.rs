@@ -671,3 +671,156 @@ fn second_train_on_same_run_is_rejected() {
         text(&second)
     );
 }
+
+/// `summary` prints the parameter counts of the method's models with ResNet-18 encoders.
+#[test]
+fn summary_counts_parameters() {
+    let output = run(&["summary"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("33,538,761"), "{stdout}");
+    assert!(stdout.contains("22,362,249"), "{stdout}");
+    let rejected = run(&["summary", "--backbone", "conv4", "--image-size", "224"]);
+    assert!(!rejected.status.success());
+    assert!(
+        String::from_utf8_lossy(&rejected.stderr).contains("conv4 takes 84x84"),
+        "{}",
+        text(&rejected)
+    );
+}
+
+/// `table` on a few real photos with a small generated store: two-stage runs, a fusion row, a
+/// Block Dropout row and a test-time augmentation row, first in part, then resumed to the end.
+#[test]
+fn table_trains_scores_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("birds");
+    // 8 classes: 4 base, 2 validation and 2 novel.
+    small_dataset(&data, 8, 3);
+    let generated = dir.path().join("generated");
+    let output = run(&[
+        "generate",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        generated.to_str().unwrap(),
+        "--iterations",
+        "1",
+        "--samples",
+        "2",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+
+    let config = dir.path().join("table.toml");
+    std::fs::write(
+        &config,
+        r#"
+[train.episodes]
+n_way = 2
+n_query = 2
+[train.training]
+epochs = 1
+episodes_per_epoch = 2
+[train.validation]
+episodes = 2
+[test]
+episodes = 3
+n_way = 2
+n_query = 2
+[runs.protonet]
+[runs.metairnet]
+support_augment = "fusion"
+init_from = "protonet"
+[runs.dropout]
+support_augment = "fusion"
+siamese = true
+block_dropout = true
+init_from = "protonet"
+[[rows]]
+name = "ProtoNet"
+run = "protonet"
+[[rows]]
+name = "MetaIRNet"
+run = "metairnet"
+[[rows]]
+name = "MetaIRNet++ Block Dropout"
+run = "dropout"
+[[rows]]
+name = "ProtoNet + Flip"
+run = "protonet"
+test_augment = "flip"
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("table");
+    let table = |extra: &[&str]| {
+        let mut args = vec![
+            "table",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--no-cache",
+            "--data",
+            data.to_str().unwrap(),
+            "--generated",
+            generated.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+
+    let first = table(&["--rows", "2"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let markdown = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(markdown.contains("| ProtoNet | conv4 | protonet |"), "{markdown}");
+    assert!(markdown.contains("| MetaIRNet | conv4 | metairnet |"), "{markdown}");
+    assert!(markdown.contains("not run yet"), "{markdown}");
+    let stage_two = std::fs::read_to_string(out.join("runs/metairnet/config.toml")).unwrap();
+    assert!(stage_two.contains("runs/protonet"), "two-stage start: {stage_two}");
+    let metrics = read_lines(&out.join("runs/metairnet/metrics.jsonl"));
+    assert!(
+        metrics[0]["fusion_weight_mean"].is_f64(),
+        "MetaIRNet records its fusion weights: {metrics:?}"
+    );
+    let first_rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table.json")).unwrap()).unwrap();
+
+    let second = table(&[]);
+    assert!(second.status.success(), "{}", text(&second));
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table.json")).unwrap()).unwrap();
+    let rows = result["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{result}");
+    for row in rows {
+        let accuracy = row["accuracy"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&accuracy), "{row}");
+        assert_eq!(row["per_episode"].as_array().unwrap().len(), 3);
+    }
+    // Finished rows are read back, not scored again.
+    assert_eq!(rows[0], first_rows["rows"][0]);
+    assert_eq!(rows[1], first_rows["rows"][1]);
+    assert!(out.join("runs/dropout/checkpoints/epoch-0001").is_dir());
+    let markdown = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(!markdown.contains("not run yet"), "{markdown}");
+    assert!(markdown.contains("1 x flip"), "{markdown}");
+
+    // A changed recipe in the same folder is refused.
+    let changed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("episodes_per_epoch = 2", "episodes_per_epoch = 3");
+    std::fs::write(&config, changed).unwrap();
+    let refused = table(&[]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("different table configuration"),
+        "{}",
+        text(&refused)
+    );
+}
