@@ -16,5 +16,5 @@ pub use fewshot::{
     EpisodeAugment, EpisodeInput, EpisodeOutput, FewShotNet, GAUSSIAN_NOISE_STD, SupportAugment,
 };
 pub use fusion::{FusionNet, FusionNetConfig};
-pub use protonet::{accuracy, protonet_logits, protonet_loss, prototypes, query_logits};
+pub use protonet::{accuracy, argmax, protonet_logits, protonet_loss, prototypes, query_logits};
 pub use resnet::{BasicBlock, Downsample, ResNet, ResNetConfig};
