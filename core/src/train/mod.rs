@@ -5,6 +5,7 @@ mod config;
 mod eval;
 mod progress;
 mod run;
+pub mod supervised;
 mod trainer;
 
 pub use checkpoint::{CheckpointError, ChosenCheckpoint, choose_checkpoint, load_model};
