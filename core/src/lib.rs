@@ -7,6 +7,7 @@
 //! The `train` feature (on by default) adds everything that reads datasets from disk or trains.
 //! Without it the crate keeps the model and preprocessing, which is what the browser build needs.
 
+pub mod baselines;
 pub mod classify;
 pub mod data;
 pub mod device;

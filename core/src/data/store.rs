@@ -438,3 +438,31 @@ impl ImageStore {
         }
     }
 }
+
+#[cfg(test)]
+impl ImageStore {
+    /// Builds a store from raw HWC pixels, `class_images` naming each image's index, for tests
+    /// that train on synthetic photos.
+    ///
+    /// # Panics
+    /// When `pixels` does not hold one `side x side x 3` image per index.
+    pub(crate) fn from_pixels_for_tests(
+        size: ImageSize,
+        class_names: Vec<String>,
+        class_images: Vec<Vec<usize>>,
+        pixels: Vec<u8>,
+    ) -> ImageStore {
+        let count = class_images.iter().map(Vec::len).sum::<usize>();
+        assert_eq!(
+            pixels.len(),
+            count * size.num_values(),
+            "{count} images of {} pixels need {} bytes",
+            size.pixels(),
+            count * size.num_values()
+        );
+        ImageStore {
+            pixels,
+            ..ImageStore::from_parts_for_tests(size, class_names, class_images)
+        }
+    }
+}

@@ -20,5 +20,5 @@ pub use fewshot::{
 pub use fusion::{FusionNet, FusionNetConfig};
 #[cfg(feature = "train")]
 pub use import::{load_resnet, load_resnet18};
-pub use protonet::{accuracy, protonet_logits, protonet_loss, prototypes, query_logits};
+pub use protonet::{accuracy, argmax, protonet_logits, protonet_loss, prototypes, query_logits};
 pub use resnet::{BasicBlock, Downsample, ResNet, ResNetConfig};

@@ -7,6 +7,7 @@ mod eval;
 mod prepare;
 mod progress;
 mod run;
+pub mod supervised;
 mod trainer;
 
 pub use build::{BuildError, initial_model};
