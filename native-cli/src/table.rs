@@ -12,11 +12,13 @@ use crate::progress::Bars;
 use crate::train::RunLock;
 use anyhow::{Context, Result, bail};
 use metairnet::data::{Dataset, GeneratedImages, ImageStore, Split};
-use metairnet::episodes::EpisodeShape;
+use metairnet::baselines::EmbeddingClassifier;
+use metairnet::episodes::{EpisodeSampler, EpisodeShape};
+use metairnet::train::supervised::{SupervisedConfig, evaluate_frozen, train_supervised};
 use metairnet::model::SupportAugment;
 use metairnet::train::{
     EpisodeData, EvalOptions, RunFolder, RunInfo, SupportPlan, TrainConfig, TrainOptions,
-    choose_checkpoint, evaluate, load_model, train,
+    choose_checkpoint, evaluate, load_model, mean_and_ci95, train,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -59,6 +61,9 @@ struct TableConfig {
     /// The episodic training recipe every run starts from.
     #[serde(default)]
     train: TrainConfig,
+    /// Supervised pretraining, for the frozen-embedding rows.
+    #[serde(default)]
+    supervised: SupervisedConfig,
     #[serde(default)]
     test: TestSection,
     /// Training runs by name.
@@ -117,7 +122,7 @@ struct RowSpec {
     test_augment: Option<SupportAugment>,
     /// For supervised runs: the classifier fitted on each episode's support embeddings (nn,
     /// logistic or softmax).
-    classifier: Option<String>,
+    classifier: Option<EmbeddingClassifier>,
 }
 
 /// A scored row, as saved in `rows/` and `table.json`.
@@ -160,6 +165,8 @@ pub fn run(args: TableArgs, quiet: bool) -> Result<()> {
             .with_context(|| format!("failed to read {}", copy.display()))?;
         if stored.train != table.train
             || stored.test != table.test
+            || (stored.runs.values().any(|spec| spec.supervised)
+                && stored.supervised != table.supervised)
             || !runs_compatible(&stored, &table)
         {
             bail!(
@@ -427,7 +434,9 @@ fn check_table(table: &TableConfig) -> Result<()> {
                 seen.push(current);
             }
         }
-        if !spec.supervised {
+        if spec.supervised {
+            table.supervised.validate()?;
+        } else {
             let mut config = table.train.clone();
             config.model.support_augment = spec.support_augment;
             config.fusion.siamese = spec.siamese;
@@ -564,13 +573,67 @@ fn write_table(out: &Path, table: &TableConfig, results: &[Option<RowResult>]) -
 /// Trains the supervised run `name` and scores the rows `pending` (all of that run) on one pass
 /// over the test episodes.
 fn score_frozen_rows(
-    _table: &TableConfig,
+    table: &TableConfig,
     name: &str,
-    _pending: &[usize],
-    _run_dir: &Path,
-    _data: &TableData,
-    _selected: &metairnet::device::SelectedDevice,
-    _bars: &Bars,
+    pending: &[usize],
+    run_dir: &Path,
+    data: &TableData,
+    selected: &metairnet::device::SelectedDevice,
+    bars: &Bars,
 ) -> Result<Vec<(usize, RowResult)>> {
-    bail!("run {name}: supervised runs are not available in this build")
+    let spec = &table.runs[name];
+    let mut config = table.supervised.clone();
+    if let Some(epochs) = spec.epochs {
+        config.epochs = epochs;
+    }
+    let (base, _) = data.base.as_ref().expect("loaded");
+    log::info!("training run {name} in {}", run_dir.display());
+    let backbone = train_supervised(&config, run_dir, base, &selected.device, bars)
+        .with_context(|| format!("training run {name} failed"))?;
+    let (novel, _) = data.novel.as_ref().expect("loaded");
+    let test = &table.test;
+    let shape = EpisodeShape {
+        n_way: test.n_way,
+        n_shot: test.n_shot,
+        n_query: test.n_query,
+    };
+    let sampler = EpisodeSampler::new(novel, Split::Novel, shape, test.seed)?;
+    let classifiers: Vec<EmbeddingClassifier> = pending
+        .iter()
+        .map(|&i| table.rows[i].classifier.expect("checked with the table"))
+        .collect();
+    let started = Instant::now();
+    let scores = evaluate_frozen(
+        &backbone,
+        novel,
+        &sampler,
+        test.episodes,
+        &classifiers,
+        &selected.device,
+        bars,
+    );
+    // The embeddings are shared, so each row is charged an equal part of the time.
+    let seconds = started.elapsed().as_secs_f64() / pending.len() as f64;
+    let results = pending
+        .iter()
+        .zip(classifiers)
+        .zip(scores)
+        .map(|((&i, classifier), per_episode)| {
+            let (accuracy, ci95) = mean_and_ci95(&per_episode);
+            let result = RowResult {
+                name: table.rows[i].name.clone(),
+                run: name.to_string(),
+                backbone: config.backbone.to_string(),
+                test_support: format!("{classifier} on frozen embeddings"),
+                accuracy,
+                ci95,
+                episodes: test.episodes,
+                checkpoint_epoch: None,
+                seconds,
+                per_episode,
+            };
+            (i, result)
+        })
+        .collect();
+    Ok(results)
 }
