@@ -59,7 +59,7 @@ impl EmbeddingClassifier {
 
 impl fmt::Display for EmbeddingClassifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             EmbeddingClassifier::NearestNeighbour => "nn",
             EmbeddingClassifier::LogisticRegression => "logistic",
             EmbeddingClassifier::SoftmaxRegression => "softmax",
