@@ -739,6 +739,11 @@ support_augment = "fusion"
 siamese = true
 block_dropout = true
 init_from = "protonet"
+[supervised]
+epochs = 1
+batch_size = 4
+[runs.supervised]
+supervised = true
 [[rows]]
 name = "ProtoNet"
 run = "protonet"
@@ -752,6 +757,14 @@ run = "dropout"
 name = "ProtoNet + Flip"
 run = "protonet"
 test_augment = "flip"
+[[rows]]
+name = "Nearest Neighbour"
+run = "supervised"
+classifier = "nn"
+[[rows]]
+name = "Softmax Regression"
+run = "supervised"
+classifier = "softmax"
 "#,
     )
     .unwrap();
@@ -797,7 +810,7 @@ test_augment = "flip"
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("table.json")).unwrap()).unwrap();
     let rows = result["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4, "{result}");
+    assert_eq!(rows.len(), 6, "{result}");
     for row in rows {
         let accuracy = row["accuracy"].as_f64().unwrap();
         assert!((0.0..=100.0).contains(&accuracy), "{row}");
@@ -810,6 +823,8 @@ test_augment = "flip"
     let markdown = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert!(!markdown.contains("not run yet"), "{markdown}");
     assert!(markdown.contains("1 x flip"), "{markdown}");
+    assert!(markdown.contains("softmax on frozen embeddings"), "{markdown}");
+    assert!(out.join("runs/supervised/metrics.jsonl").is_file());
 
     // A changed recipe in the same folder is refused.
     let changed = std::fs::read_to_string(&config)

@@ -53,8 +53,10 @@ pub(crate) fn save_checkpoint(
     create_dir(&partial_dir)?;
 
     let model_path = partial_dir.join(MODEL_FILE);
+    // `valid()` first: Burn 0.22.1 applies the newest BatchNorm running-statistics update only
+    // then, and a module saved directly records them one training step old.
     model
-        .clone()
+        .valid()
         .save_file(&model_path)
         .map_err(|e| CheckpointError::Save {
             path: model_path.clone(),
