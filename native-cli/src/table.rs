@@ -421,8 +421,13 @@ fn check_table(table: &TableConfig) -> Result<()> {
             bail!("invalid run name {name:?}; use letters, digits, '-' and '_'");
         }
         if let Some(parent) = &spec.init_from {
-            if !table.runs.contains_key(parent) {
+            let Some(parent_spec) = table.runs.get(parent) else {
                 bail!("run {name} starts from run {parent:?}, which [runs] does not define");
+            };
+            if parent_spec.supervised || spec.supervised {
+                bail!(
+                    "run {name} starts from run {parent:?}, but init_from joins episodic runs only; remove init_from or supervised"
+                );
             }
             let mut seen = vec![name.clone()];
             let mut next = Some(parent.clone());
