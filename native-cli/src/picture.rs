@@ -16,16 +16,16 @@ use std::path::{Path, PathBuf};
 const MAX_PHOTOS: usize = 32;
 /// The largest `--zoom`.
 const MAX_ZOOM: u32 = 8;
-/// The side in pixels that the automatic zoom brings images up to, at least.
+/// The minimum side, in pixels, that the automatic zoom enlarges images to.
 const SHOWN_SIDE: u32 = 252;
 
-/// Where a picture's model and photos come from; shared by `picture` and `tsne`.
+/// The source of a picture's model and photos, shared by `picture` and `tsne`.
 #[derive(clap::Args, Debug)]
 pub struct SourceArgs {
     #[command(flatten)]
     pub data: DataArgs,
 
-    /// Run folder created by `metairnet train`; its best checkpoint is used.
+    /// Run folder created by `metairnet train`. Its best checkpoint is used.
     #[arg(long, value_name = "DIR")]
     pub run: PathBuf,
 
@@ -39,7 +39,7 @@ pub struct SourceArgs {
     pub split: Split,
 
     /// Seed of the episode the photos come from and of the random draws (generated images,
-    /// Block Dropout masks, t-SNE's start); the same seed gives the same picture.
+    /// Block Dropout masks, t-SNE's start). The same seed gives the same picture.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
 
@@ -52,7 +52,7 @@ pub struct PictureArgs {
     #[command(flatten)]
     source: SourceArgs,
 
-    /// PNG file to write; its folder is created when missing.
+    /// PNG file to write. Its folder is created when missing.
     #[arg(long, value_name = "FILE.png")]
     out: PathBuf,
 
@@ -312,15 +312,15 @@ fn print_columns(loaded: &LoadedRun, dropout: &BlockDropoutConfig, with_fused: b
     let source = if loaded.config.block_dropout.enabled {
         "the run's settings"
     } else {
-        "the default settings, since the run trained without Block Dropout"
+        "the default settings, because the run trained without Block Dropout"
+    };
+    let centre = if dropout.centerness {
+        "always kept"
+    } else {
+        "dropped like the others"
     };
     println!(
-        "  block dropout: the original with a mask drawn with {source} but p = 1 (keep ratio {low} to {high}, centre block {}, variance fix {fix}), redrawn until at least one block is dropped; dropped blocks show as the ImageNet mean colour",
-        if dropout.centerness {
-            "always kept"
-        } else {
-            "dropped like the others"
-        }
+        "  block dropout: the original times a 3x3 mask drawn with p = 1 and {source} (keep ratio {low} to {high}, centre block {centre}, variance fix {fix}), redrawn until it drops at least one block. Dropped blocks show the ImageNet mean colour."
     );
 }
 

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 const DEFAULT_PERPLEXITY: f64 = 30.0;
 /// Width of the PNG in pixels.
 const PLOT_WIDTH: u32 = 800;
-/// Images per backbone call; evaluation-mode BatchNorm makes the result independent of it.
+/// Images per backbone call. BatchNorm in evaluation mode makes the result independent of it.
 const BATCH: usize = 32;
 const MAX_ITERATIONS: usize = 100_000;
 
@@ -29,8 +29,8 @@ pub struct TsneArgs {
     #[command(flatten)]
     source: SourceArgs,
 
-    /// PNG file to write; the 2-D coordinates go to the same path with .csv. Its folder is
-    /// created when missing.
+    /// PNG file to write. The 2-D coordinates go to a CSV file of the same path with the .csv
+    /// extension. Its folder is created when missing.
     #[arg(long, value_name = "FILE.png")]
     out: PathBuf,
 
@@ -44,7 +44,7 @@ pub struct TsneArgs {
     )]
     classes: usize,
 
-    /// Query photos per class at most [default: every photo of the class but the support
+    /// The maximum number of query photos per class [default: every photo of the class but the support
     /// photo].
     #[arg(long, allow_negative_numbers = true, value_name = "N")]
     queries: Option<usize>,
@@ -59,7 +59,7 @@ pub struct TsneArgs {
     #[arg(long, allow_negative_numbers = true, value_name = "P")]
     perplexity: Option<f64>,
 
-    /// t-SNE gradient-descent steps; the first 250 exaggerate the input affinities 12 times.
+    /// t-SNE gradient-descent steps. The first 250 exaggerate the input affinities 12 times.
     #[arg(
         long,
         allow_negative_numbers = true,
@@ -69,7 +69,7 @@ pub struct TsneArgs {
     iterations: usize,
 }
 
-/// What a point of the plot is.
+/// The kind of image behind a point of the plot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Support = 0,

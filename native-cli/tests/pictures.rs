@@ -53,7 +53,7 @@ fn small_dataset(root: &Path, classes: usize, per_class: usize) {
     }
 }
 
-/// Trains one episode; `extra` picks the model.
+/// Trains a run of one episode, with `extra` choosing the model.
 fn train(data: &Path, run_dir: &Path, extra: &[&str]) {
     let mut args = vec![
         "train",
@@ -81,7 +81,7 @@ fn train(data: &Path, run_dir: &Path, extra: &[&str]) {
     assert!(output.status.success(), "{}", text(&output));
 }
 
-/// The options every `picture` and `tsne` call of these tests shares.
+/// Returns the options that every `picture` and `tsne` call of these tests shares.
 fn source<'a>(data: &'a Path, run_dir: &'a Path) -> Vec<&'a str> {
     vec![
         "--quiet",

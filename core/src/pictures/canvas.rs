@@ -1,8 +1,8 @@
 //! Drawing primitives on RGB images: rectangles, labels on a shaded box, scatter markers, the
 //! 3x3 block boundaries, and the conversion of normalised network inputs back to pixels.
 //!
-//! Coordinates are signed so that shapes may extend past an edge; pixels outside the image are
-//! skipped.
+//! Coordinates are signed so that shapes may extend past an edge, and pixels outside the image
+//! are skipped.
 
 use super::font::{draw_text, text_size};
 use crate::data::{IMAGENET_MEAN, IMAGENET_STD};
@@ -14,7 +14,7 @@ pub fn fill_rect(image: &mut RgbImage, x: i64, y: i64, width: u32, height: u32, 
     shade_rect(image, x, y, width, height, color, 1.0);
 }
 
-/// Blends `color` over the rectangle with opacity `alpha` in [0, 1]; 1 paints it over.
+/// Blends `color` over the rectangle with opacity `alpha` in [0, 1], where 1 paints over it.
 pub fn shade_rect(
     image: &mut RgbImage,
     x: i64,

@@ -11,8 +11,8 @@ use image::{Rgb, RgbImage, imageops};
 pub struct FusionRow {
     pub original: RgbImage,
     pub generated: RgbImage,
-    /// The fused image and its weights, row-major over the grid; `None` for a model without a
-    /// fusion network.
+    /// The fused image and its weights, row-major over the grid, or `None` for a model without
+    /// a fusion network.
     pub fused: Option<(RgbImage, [f32; 9])>,
     pub block_dropout: RgbImage,
 }

@@ -18,7 +18,7 @@ pub const CLASS_COLORS: [Rgb<u8>; 10] = [
     Rgb([23, 190, 207]),
 ];
 
-/// How points of one kind are drawn.
+/// The marker and name of one kind of point.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KindStyle {
     pub name: String,

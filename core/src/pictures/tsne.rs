@@ -18,8 +18,8 @@ use super::random::SplitMix64;
 /// t-SNE settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TsneConfig {
-    /// The effective number of neighbours each point's Gaussian covers; at least 1 and at most
-    /// the point count minus 1.
+    /// The effective number of neighbours each point's Gaussian covers, from 1 to the point
+    /// count minus 1.
     pub perplexity: f64,
     /// Gradient-descent steps.
     pub iterations: usize,
@@ -409,7 +409,8 @@ mod tests {
             .map(|p| distance(*p, centres[0]))
             .fold(0.0, f64::max);
         assert!(distance(centres[0], centres[1]) > 2.0 * spread);
-        assert!(result.kl_divergence.is_finite() && result.kl_divergence >= 0.0);
+        assert!(result.kl_divergence.is_finite());
+        assert!(result.kl_divergence >= 0.0);
     }
 
     #[test]
