@@ -17,6 +17,7 @@ pub mod generator;
 pub mod hash;
 pub mod model;
 pub mod ops;
+pub mod pictures;
 #[cfg(test)]
 mod test_support;
 #[cfg(feature = "train")]

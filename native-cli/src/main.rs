@@ -8,10 +8,12 @@ mod common;
 mod evaluate;
 mod generate;
 mod interrupt;
+mod picture;
 mod progress;
 mod summary;
 mod table;
 mod train;
+mod tsne;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -45,6 +47,12 @@ enum Command {
     Summary(summary::SummaryArgs),
     /// Train and evaluate every row of a results table on the same test episodes.
     Table(table::TableArgs),
+    /// Draw support photos beside their generated, fused and Block Dropout images, with the
+    /// fusion weights of each 3x3 block, as a PNG.
+    Picture(picture::PictureArgs),
+    /// Map backbone embeddings of support, fused and query images of a few classes to 2-D with
+    /// t-SNE, as a PNG scatter plot and a CSV file.
+    Tsne(tsne::TsneArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +80,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args, cli.quiet),
         Command::Summary(args) => summary::run(args),
         Command::Table(args) => table::run(args, cli.quiet),
+        Command::Picture(args) => picture::run(args, cli.quiet),
+        Command::Tsne(args) => tsne::run(args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
