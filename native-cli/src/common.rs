@@ -179,13 +179,18 @@ impl DeviceArgs {
 }
 
 /// Fails early, with advice, when an episode's largest activation does not fit in one buffer of
-/// the device (wgpu adapters cap it, 128 MiB on lavapipe).
+/// the device (wgpu adapters cap it, 128 MiB on lavapipe). The backbone embeds the episode's
+/// photos and `extra_per_support` augmented images per support photo in one batch.
+///
+/// NOTE: the estimate is Conv4's first activation, whatever the backbone, so a ResNet-18 run
+/// may still exceed the limit.
 pub fn check_episode_fits(
     selected: &SelectedDevice,
     shape: &metairnet::episodes::EpisodeShape,
+    extra_per_support: usize,
     size: ImageSize,
 ) -> Result<()> {
-    let images = shape.num_images();
+    let images = shape.num_images() + shape.n_way * shape.n_shot * extra_per_support;
     let bytes = metairnet::model::Conv4Config::new()
         .largest_activation_bytes(images, size.pixels() as usize);
     let what = format!("an episode of {images} images at {0}x{0}", size.pixels());

@@ -9,11 +9,11 @@ use metairnet::data::Split;
 use metairnet::episodes::EpisodeShape;
 use metairnet::model::SupportAugment;
 use metairnet::train::{EpisodeData, EvalOptions, EvalSummary, SupportPlan, evaluate, load_model};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The largest `--episodes`; 100000 episodes already give a confidence interval below 0.1 points.
 const MAX_EPISODES: usize = 100_000;
-use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -54,14 +54,15 @@ pub struct EvalArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 16)]
     n_query: usize,
 
-    /// What joins each support photo at test time: none, flip, gaussian, generated, mixup or
+    /// Support augmentation at test time: none, flip, gaussian, generated, mixup or
     /// fusion [default: the run's training setting]. Test-time flip, gaussian and generated
     /// turn a ProtoNet run into the support-augmentation baselines; fusion needs a MetaIRNet
     /// run.
     #[arg(long, value_name = "KIND")]
     support_augment: Option<SupportAugment>,
 
-    /// Extra support entries per support photo [default: the run's training setting].
+    /// Extra support entries per support photo; flip ignores it and adds one mirrored copy
+    /// [default: the run's training setting].
     #[arg(long, allow_negative_numbers = true, value_name = "N")]
     n_aug: Option<usize>,
 
@@ -103,13 +104,8 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
     if let Ok(info) = run.info() {
         // A dataset may be given as CUB_200_2011 or as its parent, so a path inside the other
         // counts as the same data.
-        let resolve = |path: &std::path::Path| {
-            path.canonicalize()
-                .or_else(|_| std::path::absolute(path))
-                .unwrap_or_else(|_| path.to_path_buf())
-        };
-        let same = |a: &std::path::Path, b: &std::path::Path| {
-            let (a, b) = (resolve(a), resolve(b));
+        let same = |a: &Path, b: &Path| {
+            let (a, b) = (absolute(a), absolute(b));
             a.starts_with(&b) || b.starts_with(&a)
         };
         if !same(&info.data, &args.data.data) {
@@ -140,8 +136,10 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
             args.run.display()
         );
     }
-    if augment.extra_per_support(config.model.n_aug) > 0 && config.model.n_aug == 0 {
-        anyhow::bail!("invalid --n-aug 0 with --support-augment {augment}; expected at least 1");
+    if augment.uses_copies() && config.model.n_aug == 0 {
+        anyhow::bail!(
+            "invalid --n-aug 0 with --support-augment {augment}; pass --n-aug 1 or more, or another --support-augment"
+        );
     }
     let (epoch, checkpoint) = checkpoint_dir(&run, args.last)?;
     let selected = args.device.select()?;
@@ -152,7 +150,8 @@ pub fn run(args: EvalArgs, quiet: bool) -> Result<()> {
         n_shot: args.n_shot,
         n_query: args.n_query,
     };
-    check_episode_fits(&selected, &shape, config.model.image_size)?;
+    let extra_per_support = augment.extra_images_per_support(config.model.n_aug);
+    check_episode_fits(&selected, &shape, extra_per_support, config.model.image_size)?;
     let dataset = metairnet::data::Dataset::open(&args.data.data)?;
     let store = crate::common::load_split(
         &dataset,

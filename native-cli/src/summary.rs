@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail};
 use burn::prelude::Device;
-use metairnet::model::{BackboneKind, FewShotNet, FusionNetConfig};
+use metairnet::model::{BackboneKind, FewShotNet, FusionNetConfig, SupportAugment};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -20,7 +20,8 @@ pub struct SummaryArgs {
     #[arg(long, default_value_t = 224, value_name = "PIXELS")]
     image_size: usize,
 
-    /// Take backbone, encoder and input size from a run folder's configuration instead.
+    /// Take backbone, encoder and input size from a run folder's configuration instead. A run
+    /// without a fusion network (ProtoNet) uses its backbone's network as the encoder.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["backbone", "encoder", "image_size"])]
     run: Option<PathBuf>,
 
@@ -50,9 +51,16 @@ pub fn run(args: SummaryArgs) -> Result<()> {
     let (backbone, encoder, side) = match &args.run {
         Some(dir) => {
             let config = metairnet::train::RunFolder::open(dir)?.config()?;
+            // The `[fusion]` section of a run without fusion keeps its default, a conv4 encoder,
+            // which would be rejected at 224 pixels.
+            let encoder = if config.model.support_augment == SupportAugment::Fusion {
+                config.fusion.encoder
+            } else {
+                config.model.backbone
+            };
             (
                 config.model.backbone,
-                config.fusion.encoder,
+                encoder,
                 config.model.image_size.pixels() as usize,
             )
         }

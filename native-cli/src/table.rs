@@ -94,7 +94,7 @@ impl Default for TestSection {
     }
 }
 
-/// How one training run differs from the shared recipe.
+/// The changes one training run makes to the shared recipe.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RunSpec {
@@ -185,7 +185,18 @@ pub fn run(args: TableArgs, quiet: bool) -> Result<()> {
         n_shot: table.test.n_shot,
         n_query: table.test.n_query,
     };
-    check_episode_fits(&selected, &shape, table.train.model.image_size)?;
+    // Training episodes have the shape of the recipe, test episodes the shape of [test].
+    let n_aug = table.train.model.n_aug;
+    let run_augments = table.runs.values().map(|spec| spec.support_augment);
+    let row_augments = table.rows.iter().filter_map(|row| row.test_augment);
+    let extra_per_support = run_augments
+        .chain(row_augments)
+        .map(|augment| augment.extra_images_per_support(n_aug))
+        .max()
+        .unwrap_or(0);
+    for shape in [&shape, &table.train.episodes] {
+        check_episode_fits(&selected, shape, extra_per_support, table.train.model.image_size)?;
+    }
     let dataset = Dataset::open(&args.data.data)?;
     let size = table.train.model.image_size;
     let mut data = TableData {
@@ -439,16 +450,19 @@ fn check_table(table: &TableConfig) -> Result<()> {
                 seen.push(current);
             }
         }
+        // Validate the configuration each run trains with, the run's `epochs` included.
         if spec.supervised {
-            table.supervised.validate()?;
-        } else {
-            let mut config = table.train.clone();
-            config.model.support_augment = spec.support_augment;
-            config.fusion.siamese = spec.siamese;
-            config.block_dropout.enabled = spec.block_dropout;
+            let mut config = table.supervised.clone();
+            if let Some(epochs) = spec.epochs {
+                config.epochs = epochs;
+            }
             config
                 .validate()
-                .with_context(|| format!("run {name}"))?;
+                .with_context(|| format!("invalid run {name}"))?;
+        } else {
+            run_config(table, name, Path::new(""))
+                .validate()
+                .with_context(|| format!("invalid run {name}"))?;
         }
     }
     for row in &table.rows {
@@ -459,6 +473,13 @@ fn check_table(table: &TableConfig) -> Result<()> {
                 row.run
             );
         };
+        if spec.supervised && row.test_augment.is_some() {
+            bail!(
+                "row {:?}: test_augment does not apply to the supervised run {:?}, whose rows fit a classifier on frozen embeddings; remove test_augment",
+                row.name,
+                row.run
+            );
+        }
         if spec.supervised != row.classifier.is_some() {
             bail!(
                 "row {:?}: a classifier (nn, logistic or softmax) goes with a supervised run, and only there",
@@ -485,6 +506,7 @@ fn check_table(table: &TableConfig) -> Result<()> {
     Ok(())
 }
 
+/// Returns whether any episodic run or any row reads generated images.
 fn table_needs_generated(table: &TableConfig) -> bool {
     let runs = table
         .runs
@@ -497,8 +519,8 @@ fn table_needs_generated(table: &TableConfig) -> bool {
     runs || rows
 }
 
-/// Whether a stored table's runs can be continued by `table`: every run both define must be
-/// unchanged; rows and new runs may be added.
+/// Returns whether `table` can continue a stored table: every run that both define must be
+/// unchanged, while rows and new runs may be added.
 fn runs_compatible(stored: &TableConfig, table: &TableConfig) -> bool {
     stored
         .runs

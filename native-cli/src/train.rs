@@ -56,14 +56,14 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true, value_name = "N")]
     val_episodes: Option<usize>,
 
-    /// What joins each support photo in the support set, in training and validation: none
+    /// Support augmentation in training and validation: none
     /// (ProtoNet), flip, gaussian, generated, mixup or fusion (MetaIRNet) [config default:
     /// none].
     #[arg(long, value_name = "KIND")]
     support_augment: Option<metairnet::model::SupportAugment>,
 
-    /// Extra support entries (generated, mixed, fused or noisy copies) per support photo
-    /// [config default: 1].
+    /// Extra support entries (generated, mixed, fused or noisy copies) per support photo; flip
+    /// ignores it and adds one mirrored copy [config default: 1].
     #[arg(long, allow_negative_numbers = true, value_name = "N")]
     n_aug: Option<usize>,
 
@@ -141,7 +141,16 @@ pub fn run(args: TrainArgs, quiet: bool) -> Result<()> {
     config.validate()?;
 
     let selected = args.device.select()?;
-    check_episode_fits(&selected, &config.episodes, config.model.image_size)?;
+    let extra_per_support = config
+        .model
+        .support_augment
+        .extra_images_per_support(config.model.n_aug);
+    check_episode_fits(
+        &selected,
+        &config.episodes,
+        extra_per_support,
+        config.model.image_size,
+    )?;
     let dataset = Dataset::open(&args.data.data)?;
     let size = config.model.image_size;
     let base = load_split(&dataset, Split::Base, size, &args.data, &bars)?;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// A photo of the dataset with too few generated images.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{photo} has {found} generated images in {store}, fewer than the {needed} needed (n_aug); run `metairnet generate` on this dataset with --out {store}, or lower n_aug"
+    "{photo} has {found} generated images in {store}, fewer than the {needed} that n_aug requires; run `metairnet generate` on this dataset with --out {store}, or lower n_aug (--n-aug)"
 )]
 pub struct MissingGenerated {
     pub photo: PathBuf,
@@ -25,7 +25,7 @@ pub struct MissingGenerated {
 #[derive(Clone, Debug)]
 pub struct GeneratedImages {
     pub size: ImageSize,
-    /// For each image of the photo store, the first index and the count of its generated images.
+    /// First index and count of the generated images of each image of the photo store.
     ranges: Vec<(usize, usize)>,
     pixels: Vec<u8>,
 }
@@ -33,6 +33,8 @@ pub struct GeneratedImages {
 impl GeneratedImages {
     /// Decodes the generated images of every photo of `photos`, found in `generated` by the
     /// photo's path relative to `dataset_root`, with `threads` threads (0: all cores).
+    /// `store_root` is the store's folder, named in errors, and `progress` receives the number
+    /// of images decoded since its last call.
     ///
     /// # Errors
     /// [`DataError::Generated`] for the first photo with fewer than `needed` generated images,
@@ -178,7 +180,8 @@ mod tests {
         assert_eq!(generated.counts(), vec![3, 3]);
         let second = photos.class_images[1][0];
         let pixel = &generated.pixels(second, 2)[..3];
-        assert!(pixel[1] > 200 && pixel[2] > 80, "{pixel:?}");
+        assert!(pixel[1] > 200, "green of the second photo's store: {pixel:?}");
+        assert!(pixel[2] > 80, "blue of generated image 2: {pixel:?}");
 
         let error = GeneratedImages::load(&photos, &dataset.root, &store, &out, 5, 1, &|_| {})
             .unwrap_err()

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Which network embeds images.
+/// The kind of embedding network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackboneKind {

@@ -5,8 +5,8 @@
 //! (support originals, fused images, queries) is, with probability `p`, multiplied by a 0/1
 //! mask over the 3x3 grid of [`crate::ops::grid`] and by a scale:
 //! - a keep ratio r is drawn from Uniform(lo, hi);
-//! - each of the 8 outer blocks is kept with probability r; the centre block is always kept
-//!   when `centerness` is on, else it is kept with probability r like the others;
+//! - each of the 8 outer blocks is kept with probability r. The centre block is always kept
+//!   when `centerness` is on, and otherwise with probability r like the others;
 //! - the scale is `1 / r` (variance fix `sample`) or the realised ratio of all pixels to kept
 //!   pixels after upsampling the mask (variance fix `mean`).
 //!
@@ -16,7 +16,7 @@
 use crate::ops::grid::block_indices;
 use serde::{Deserialize, Serialize};
 
-/// How the kept pixels are rescaled.
+/// The rescaling of the kept pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VarianceFix {
@@ -30,14 +30,15 @@ pub enum VarianceFix {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlockDropoutConfig {
-    /// Apply Block Dropout in training.
+    /// Whether Block Dropout is applied in training.
     pub enabled: bool,
     /// Probability that an image is augmented at all.
     pub p: f64,
-    /// Always keep the centre block.
+    /// Whether the centre block is always kept.
     pub centerness: bool,
     /// The range [lo, hi] of the keep ratio r.
     pub keep_ratio: [f64; 2],
+    /// The rescaling of the kept pixels.
     pub variance_fix: VarianceFix,
 }
 
@@ -63,7 +64,10 @@ pub struct BlockMasks {
 }
 
 impl BlockDropoutConfig {
-    /// Checks the settings and returns the name and reason of the first bad one.
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// The field name, the value and the reason of the first invalid setting.
     pub fn check(&self) -> Result<(), (&'static str, String, &'static str)> {
         if !(0.0..=1.0).contains(&self.p) {
             return Err(("block_dropout.p", self.p.to_string(), "must be in [0, 1]"));

@@ -12,12 +12,14 @@ use std::fmt;
 /// A backbone with the ProtoNet head and, for MetaIRNet, the fusion network.
 #[derive(Module, Debug)]
 pub struct FewShotNet {
+    /// The embedding network of support and query images.
     pub backbone: Backbone,
+    /// The fusion network, for MetaIRNet; `None` for ProtoNet.
     pub fusion: Option<FusionNet>,
 }
 
-/// What joins each support image in the support set before the prototypes are averaged.
-/// Queries are never changed.
+/// The extra entries that join each support image in the support set before the prototypes
+/// are averaged. Queries are never changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SupportAugment {
@@ -76,6 +78,12 @@ impl SupportAugment {
         )
     }
 
+    /// Returns whether the augmentation adds `n_aug` copies per support image, so that
+    /// `n_aug = 0` would leave the support set unchanged. `flip` always adds one copy.
+    pub fn uses_copies(self) -> bool {
+        !matches!(self, SupportAugment::None | SupportAugment::Flip)
+    }
+
     /// Returns the number of extra support entries per support image for `copies`.
     pub fn extra_per_support(self, copies: usize) -> usize {
         match self {
@@ -105,12 +113,14 @@ pub struct EpisodeInput {
     /// rows `i * copies .. (i + 1) * copies`. Needed by the augmentations that read generated
     /// images.
     pub generated: Option<Tensor<4>>,
+    /// Number of classes in the episode.
     pub n_way: usize,
 }
 
-/// How one episode's support set is augmented, with the random draws already made.
+/// The support augmentation of one episode, with its random draws already made.
 #[derive(Clone, Debug, Default)]
 pub struct EpisodeAugment {
+    /// The support augmentation.
     pub kind: SupportAugment,
     /// Extra entries per support image (not used by `flip`).
     pub copies: usize,
@@ -159,7 +169,9 @@ impl FewShotNet {
         (trainable_parameters(&self.backbone), fusion)
     }
 
-    /// Computes the query logits of one episode.
+    /// Computes the query logits of one episode: embeds the support images, their extra
+    /// images and the queries in one batch, averages each class's support entries into a
+    /// prototype and scores the queries by negative squared distance.
     ///
     /// # Panics
     /// When `augment` needs generated images and `input.generated` is `None`, or needs the
@@ -209,7 +221,7 @@ impl FewShotNet {
         };
         let n_extra = extra_images.as_ref().map_or(0, |images| images.dims()[0]);
 
-        // Embed everything in one batch, so BatchNorm sees the whole episode.
+        // Embed everything in one batch, so BatchNorm's batch statistics cover the whole episode.
         let mut parts = vec![support];
         parts.extend(extra_images.clone());
         parts.push(query);

@@ -1,16 +1,18 @@
 //! The image fusion network: it looks at an original support image and one generated image of
 //! the same photo and predicts a 3x3 grid of mixing weights.
 //!
-//! Two encoders embed the original (f) and the generated image (g); a linear head maps
+//! Two encoders embed the original (f) and the generated image (g). A linear head maps
 //! `concat(f(x), g(x_g))`, original first, to 9 values read row-major as the grid. The weights
 //! are not squashed into [0, 1].
+//!
+//! MetaIRNet has separate encoders. MetaIRNet++ "Siamese" shares one encoder (f = g), which
+//! removes a third of the parameters with ResNet-18 encoders.
 //!
 //! The head starts with zero weights and a bias of 0.5, so every fused image starts as an even
 //! mix of the two images. A default-initialised head on Conv4 embeddings (1600 values each,
 //! of order 1) gave initial weights with a standard deviation near 8, fused images far outside
-//! the range of photos, and a training loss ten times that of ProtoNet. MetaIRNet has separate
-//! encoders; MetaIRNet++ "Siamese" shares
-//! one encoder (f = g), which removes a third of the parameters with ResNet-18 encoders.
+//! the range of photos, and a training loss ten times that of ProtoNet. With zero weights the
+//! encoders get no gradient in the first step, only the head does.
 
 use super::backbone::{Backbone, BackboneKind};
 use crate::ops::grid_fusion;
@@ -25,18 +27,18 @@ pub struct FusionNetConfig {
     /// One encoder for both images (MetaIRNet++ Siamese) instead of two.
     #[config(default = false)]
     pub siamese: bool,
-    /// Input side in pixels; fixes the encoder's embedding size and so the head's input.
+    /// Input side in pixels, which fixes the encoder's embedding size and so the head's input.
     pub side: usize,
 }
 
-/// The fusion network.
+/// The fusion network: two encoders (one when Siamese) and a linear head.
 #[derive(Module, Debug)]
 pub struct FusionNet {
-    /// f: embeds original images (and generated ones too when Siamese).
+    /// Encoder f of the original images, and of the generated ones too when Siamese.
     pub original: Backbone,
-    /// g: embeds generated images; `None` when Siamese.
+    /// Encoder g of the generated images, or `None` when Siamese.
     pub generated: Option<Backbone>,
-    /// `Linear(2 * D, 9)`.
+    /// Head `Linear(2 * D, 9)` with D the encoder's embedding size.
     pub head: Linear,
 }
 
@@ -103,7 +105,7 @@ mod tests {
     use crate::model::backbone::trainable_parameters;
 
     #[test]
-    fn parameter_counts_match_the_method() {
+    fn parameter_counts_match_resnet18() {
         let _rng = crate::test_support::lock_rng();
         let device = Device::flex();
         let backbone = trainable_parameters(&BackboneKind::Resnet18.init(&device));
@@ -116,7 +118,7 @@ mod tests {
     }
 
     #[test]
-    fn weights_come_from_both_images() {
+    fn fusion_starts_even_and_trains_head() {
         let _rng = crate::test_support::lock_rng();
         let device = Device::flex().autodiff();
         device.seed(5);
@@ -140,6 +142,9 @@ mod tests {
         let head_gradient = net.head.weight.grad(&gradients).expect("head gradient");
         let norm = head_gradient.abs().sum().into_scalar::<f32>();
         assert!(norm > 0.0, "the head gets no gradient");
-        assert!(generated.grad(&gradients).is_none());
+        assert!(
+            generated.grad(&gradients).is_none(),
+            "generated images are constants"
+        );
     }
 }

@@ -2,9 +2,11 @@
 
 use super::run::{RunError, RunFolder, create_dir, read_json, to_json_pretty, write_file};
 use super::trainer::TrainerState;
-use crate::hash::fnv64_hex;
 use super::config::TrainConfig;
-use crate::model::{Backbone, Conv4Config, FewShotNet, FusionNetConfig, SupportAugment};
+use crate::hash::fnv64_hex;
+use crate::model::{
+    Backbone, BackboneKind, Conv4Config, FewShotNet, FusionNetConfig, SupportAugment,
+};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::prelude::Device;
@@ -126,7 +128,7 @@ pub(crate) fn load_optimizer(
     })
 }
 
-/// Returns a model with the structure that `config` describes and fresh weights.
+/// Creates a model with the structure that `config` describes and fresh weights.
 pub fn model_skeleton(config: &TrainConfig, device: &Device) -> FewShotNet {
     let side = config.model.image_size.pixels() as usize;
     if config.model.support_augment == SupportAugment::Fusion {
@@ -152,7 +154,7 @@ pub fn load_model(
         Ok(model) => Ok(model),
         Err(error) => {
             let plain_conv4 = config.model.support_augment != SupportAugment::Fusion
-                && matches!(model_skeleton(config, device).backbone, Backbone::Conv4(_));
+                && config.model.backbone == BackboneKind::Conv4;
             let legacy = plain_conv4
                 .then(|| Conv4Config::new().init(device).try_load_file(&path).ok())
                 .flatten();

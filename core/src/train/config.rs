@@ -3,9 +3,8 @@
 use crate::data::ImageSize;
 use crate::episodes::EpisodeShape;
 use crate::model::{BackboneKind, BlockDropoutConfig, SupportAugment};
-use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Errors raised while reading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +42,7 @@ fn flag_of(field: &str) -> String {
         "model.generated" => "--generated",
         "model.support_augment" => "--support-augment",
         "model.n_aug" => "--n-aug",
+        "init.from_run" => "--init-from",
         _ => return String::new(),
     };
     format!(" (flag {flag})")
@@ -74,8 +74,9 @@ pub struct ModelSection {
     pub backbone: BackboneKind,
     /// Input side in pixels: 84 or 224.
     pub image_size: ImageSize,
-    /// What joins each support image in the support set, in training and at test time: `none`
-    /// (ProtoNet), `flip`, `gaussian`, `generated`, `mixup` or `fusion` (MetaIRNet).
+    /// The augmentation that joins each support image in the support set, in training and at
+    /// test time: `none` (ProtoNet), `flip`, `gaussian`, `generated`, `mixup` or `fusion`
+    /// (MetaIRNet).
     pub support_augment: SupportAugment,
     /// Extra support entries per support image (generated, mixed, fused or noisy copies).
     pub n_aug: usize,
@@ -102,14 +103,15 @@ pub struct FusionSection {
     pub encoder_weights: Option<PathBuf>,
 }
 
-/// Where the weights of a new run come from.
+/// The sources of a new run's first weights.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InitSection {
     /// A run folder (for example a ProtoNet run) whose best checkpoint gives the backbone's
     /// first weights: the two-stage recipe.
     pub from_run: Option<PathBuf>,
-    /// A torchvision ResNet-18 checkpoint (ImageNet weights) for a ResNet-18 backbone.
+    /// A torchvision ResNet-18 checkpoint (ImageNet weights) for a ResNet-18 backbone. Unused
+    /// when `from_run` is set, because that run's backbone replaces these weights.
     pub backbone_weights: Option<PathBuf>,
 }
 
@@ -329,11 +331,28 @@ impl TrainConfig {
                 "conv4 encoders take 84x84 inputs; use resnet18 encoders at 224",
             );
         }
-        if augment.extra_per_support(self.model.n_aug) > 0 && self.model.n_aug == 0 {
+        if augment.uses_copies() && self.model.n_aug == 0 {
             return invalid(
                 "model.n_aug",
                 "0".into(),
-                "must be at least 1 with a support augmentation",
+                "must be at least 1 with the gaussian, generated, mixup and fusion support augmentations",
+            );
+        }
+        if self.init.backbone_weights.is_some() && self.model.backbone != BackboneKind::Resnet18 {
+            return invalid(
+                "model.backbone",
+                self.model.backbone.to_string(),
+                "init.backbone_weights loads ResNet-18 weights; set backbone = \"resnet18\" or remove init.backbone_weights",
+            );
+        }
+        if augment == SupportAugment::Fusion
+            && self.fusion.encoder_weights.is_some()
+            && self.fusion.encoder != BackboneKind::Resnet18
+        {
+            return invalid(
+                "fusion.encoder",
+                self.fusion.encoder.to_string(),
+                "fusion.encoder_weights loads ResNet-18 weights; set encoder = \"resnet18\" or remove fusion.encoder_weights",
             );
         }
         if augment.needs_generated() && self.model.generated.is_none() {
@@ -503,6 +522,39 @@ mod tests {
             message.contains("optimizer.lr (flag --lr) = -1"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn zero_n_aug_rejected_for_copies() {
+        for augment in [
+            SupportAugment::Gaussian,
+            SupportAugment::Generated,
+            SupportAugment::Mixup,
+            SupportAugment::Fusion,
+        ] {
+            let mut config = TrainConfig::default();
+            config.model.support_augment = augment;
+            config.model.n_aug = 0;
+            config.model.generated = Some(PathBuf::from("generated"));
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains("model.n_aug"), "{augment}: {message}");
+        }
+    }
+
+    #[test]
+    fn zero_n_aug_allowed_for_flip() {
+        let mut config = TrainConfig::default();
+        config.model.support_augment = SupportAugment::Flip;
+        config.model.n_aug = 0;
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn imagenet_weights_need_resnet18() {
+        let mut config = TrainConfig::default();
+        config.init.backbone_weights = Some(PathBuf::from("resnet18.pth"));
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("model.backbone = conv4"), "{message}");
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub struct EvalSummary {
     pub n_way: usize,
     pub n_shot: usize,
     pub n_query: usize,
-    /// What joined the support set, and how many copies per support image.
+    /// The support augmentation and its number of copies per support image.
     #[serde(default)]
     pub support_augment: SupportAugment,
     #[serde(default)]

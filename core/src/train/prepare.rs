@@ -3,7 +3,7 @@
 //!
 //! Every draw comes from a ChaCha8 stream selected by the episode index, so an episode gets the
 //! same generated images, Mixup weight, noise and masks however often and in whatever order it
-//! is prepared; a resumed run and every model scored on an episode see the same draws.
+//! is prepared. A resumed run and every model scored on an episode therefore get the same draws.
 
 use crate::data::{GeneratedImages, ImageStore, write_normalized_chw};
 use crate::episodes::Episode;
@@ -15,9 +15,10 @@ use rand_chacha::ChaCha8Rng;
 /// Separates the draws of this module from the episode sampler's, which uses the same seed.
 const DRAW_SALT: u64 = 0x6d65_7461_6972_6e65;
 
-/// How a model's episodes are built.
+/// The recipe for building a model's episodes.
 #[derive(Clone, Debug)]
 pub struct SupportPlan {
+    /// The support augmentation.
     pub augment: SupportAugment,
     /// Extra entries per support image.
     pub copies: usize,
@@ -32,6 +33,7 @@ pub struct SupportPlan {
 /// An episode's inputs as host values, ready to go to a device.
 #[derive(Clone, Debug)]
 pub struct PreparedEpisode {
+    /// The sampled episode.
     pub episode: Episode,
     /// `[n_support, 3, side, side]` normalised CHW values.
     pub support: Vec<f32>,
@@ -41,12 +43,14 @@ pub struct PreparedEpisode {
     pub generated: Option<Vec<f32>>,
     /// The index of the generated image drawn for each of those rows.
     pub generated_choice: Vec<usize>,
+    /// The support augmentation with its draws.
     pub augment: EpisodeAugment,
+    /// Image side in pixels.
     pub side: usize,
 }
 
 impl SupportPlan {
-    /// The plan of a plain ProtoNet episode: no augmentation.
+    /// Returns the plan of a plain ProtoNet episode: no augmentation, no Block Dropout.
     pub fn plain(seed: u64) -> SupportPlan {
         SupportPlan {
             augment: SupportAugment::None,
@@ -144,7 +148,7 @@ impl SupportPlan {
 }
 
 impl PreparedEpisode {
-    /// Moves the images to `device`.
+    /// Copies the images to `device` as the model's input.
     pub fn input(&self, n_way: usize, device: &Device) -> EpisodeInput {
         let side = self.side;
         let tensor = |values: &[f32]| {
