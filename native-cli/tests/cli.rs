@@ -2,37 +2,12 @@
 //! `$METAIRNET_CUB50`): training, resuming after kill -9, evaluation, classification and the
 //! errors for bad input.
 
+mod common;
+
+use common::{cub50, metairnet, run, small_dataset, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn cub50() -> PathBuf {
-    match std::env::var_os("METAIRNET_CUB50") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cub50"),
-    }
-}
-
-fn metairnet(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_metairnet"));
-    command
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("RUST_BACKTRACE");
-    command
-}
-
-fn run(args: &[&str]) -> Output {
-    metairnet(args).output().expect("metairnet starts")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// Training flags for a run of a few seconds.
 fn tiny_training(data: &Path, run: &Path, cache: &Path, epochs: &str) -> Vec<String> {
@@ -298,30 +273,6 @@ fn resume_rejects_changed_config() {
         "{}",
         text(&output)
     );
-}
-
-/// Builds a dataset of `classes` class folders of `per_class` real photos each.
-fn small_dataset(root: &Path, classes: usize, per_class: usize) {
-    let images = cub50().join("CUB_200_2011/images");
-    let mut folders: Vec<PathBuf> = std::fs::read_dir(images)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    folders.sort();
-    for folder in folders.iter().take(classes) {
-        let target = root.join(folder.file_name().unwrap());
-        std::fs::create_dir_all(&target).unwrap();
-        let mut photos: Vec<PathBuf> = std::fs::read_dir(folder)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        photos.sort();
-        for photo in photos.iter().take(per_class) {
-            std::fs::copy(photo, target.join(photo.file_name().unwrap())).unwrap();
-        }
-    }
 }
 
 fn small_training(data: &Path, run_dir: &Path, extra: &[&str]) -> Output {

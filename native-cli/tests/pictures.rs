@@ -2,56 +2,10 @@
 //! photos (../shared/data/cub50, or `$METAIRNET_CUB50`) with generated images from the reduced
 //! random generator, then both pictures and the errors for bad options.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn cub50() -> PathBuf {
-    match std::env::var_os("METAIRNET_CUB50") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cub50"),
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_metairnet"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("metairnet starts")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Copies the first `per_class` photos of the first `classes` class folders of cub50.
-fn small_dataset(root: &Path, classes: usize, per_class: usize) {
-    let images = cub50().join("CUB_200_2011/images");
-    let mut folders: Vec<PathBuf> = std::fs::read_dir(images)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    folders.sort();
-    for folder in folders.iter().take(classes) {
-        let target = root.join(folder.file_name().unwrap());
-        std::fs::create_dir_all(&target).unwrap();
-        let mut photos: Vec<PathBuf> = std::fs::read_dir(folder)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        photos.sort();
-        for photo in photos.iter().take(per_class) {
-            std::fs::copy(photo, target.join(photo.file_name().unwrap())).unwrap();
-        }
-    }
-}
+use common::{run, small_dataset, text};
+use std::path::Path;
 
 /// Trains a run of one episode, with `extra` choosing the model.
 fn train(data: &Path, run_dir: &Path, extra: &[&str]) {

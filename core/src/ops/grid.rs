@@ -515,8 +515,8 @@ mod tests {
         values.iter().map(|&v| v as f64).sum()
     }
 
-    /// The gradients of `sum(op(x, g, w) * cotangent)` with respect to x, g and w on flex with
-    /// autodiff.
+    /// Computes the gradients of `sum(op(x, g, w) * cotangent)` with respect to x, g and w on
+    /// flex with autodiff.
     #[cfg(feature = "train")]
     fn fusion_gradients(
         inputs: &Inputs,
