@@ -8,6 +8,8 @@
 //! Without it the crate keeps the model and preprocessing, which is what the browser build needs.
 
 pub mod baselines;
+#[cfg(feature = "bundle")]
+pub mod bundle;
 pub mod classify;
 pub mod data;
 pub mod device;

@@ -4,17 +4,25 @@ use crate::common::{DeviceArgs, checkpoint_dir, open_run};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use image::RgbImage;
+use metairnet::bundle::{BundleManifest, MANIFEST_FILE, WEIGHTS_FILE};
 use metairnet::classify::{class_prototypes, classify_photos};
 use metairnet::data::{DataError, Dataset, ImageSize, display_class_name, load_photo};
+use metairnet::model::Backbone;
 use metairnet::train::load_model;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("model").required(true).args(["run", "bundle"]))]
 pub struct ClassifyArgs {
     /// Run folder created by `metairnet train`.
     #[arg(long, value_name = "DIR")]
-    run: PathBuf,
+    run: Option<PathBuf>,
+
+    /// Model bundle written by `metairnet export-web` (such as assets/web), instead of a run
+    /// folder. Only the bundle's backbone is used; its built-in species are not.
+    #[arg(long, value_name = "DIR", conflicts_with = "last")]
+    bundle: Option<PathBuf>,
 
     /// Folder with one subfolder per species, each holding one or more photos of it.
     #[arg(long, value_name = "DIR")]
@@ -24,7 +32,7 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
     query: Vec<PathBuf>,
 
-    /// Use the newest checkpoint instead of the best one.
+    /// Use the run's newest checkpoint instead of its best one.
     #[arg(long)]
     last: bool,
 
@@ -71,11 +79,73 @@ fn read_photo(path: &Path, role: &str, size: ImageSize) -> Result<RgbImage> {
     }
 }
 
+/// Where the backbone comes from.
+enum ModelSource {
+    Run {
+        config: Box<metairnet::train::TrainConfig>,
+        checkpoint: PathBuf,
+    },
+    Bundle {
+        manifest: BundleManifest,
+        dir: PathBuf,
+    },
+}
+
+impl ModelSource {
+    fn open(args: &ClassifyArgs) -> Result<ModelSource> {
+        if let Some(dir) = &args.bundle {
+            let path = dir.join(MANIFEST_FILE);
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read {}; pass a folder written by `metairnet export-web`",
+                    path.display()
+                )
+            })?;
+            let manifest = BundleManifest::from_json(&text)
+                .with_context(|| format!("cannot use {}", path.display()))?;
+            return Ok(ModelSource::Bundle {
+                manifest,
+                dir: dir.clone(),
+            });
+        }
+        let run = open_run(args.run.as_ref().expect("clap requires --run or --bundle"))?;
+        let config = run.config()?;
+        let (_, checkpoint) = checkpoint_dir(&run, args.last)?;
+        Ok(ModelSource::Run {
+            config: Box::new(config),
+            checkpoint,
+        })
+    }
+
+    fn image_size(&self) -> ImageSize {
+        match self {
+            ModelSource::Run { config, .. } => config.model.image_size,
+            ModelSource::Bundle { manifest, .. } => manifest.image_size,
+        }
+    }
+
+    fn backbone(&self, device: &burn::prelude::Device) -> Result<Backbone> {
+        match self {
+            // Photos given on the command line have no generated images, so the support set is
+            // the photos alone, also for a MetaIRNet run.
+            ModelSource::Run { config, checkpoint } => {
+                Ok(load_model(checkpoint, config, device)?.valid().backbone)
+            }
+            ModelSource::Bundle { manifest, dir } => {
+                let path = dir.join(WEIGHTS_FILE);
+                let weights = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                manifest
+                    .load_backbone(weights, device)
+                    .with_context(|| format!("cannot use {}", path.display()))
+            }
+        }
+    }
+}
+
 pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
-    let run = open_run(&args.run)?;
-    let config = run.config()?;
-    let size = config.model.image_size;
-    let (_, checkpoint) = checkpoint_dir(&run, args.last)?;
+    let source = ModelSource::open(&args)?;
+    let size = source.image_size();
 
     if args.support.is_file() {
         bail!(
@@ -130,10 +200,7 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
 
     let selected = args.device.select()?;
-    let model = load_model(&checkpoint, &config, &selected.device)?.valid();
-    // Photos given on the command line have no generated images, so the support set is the
-    // photos alone, also for a MetaIRNet run.
-    let model = model.backbone;
+    let model = source.backbone(&selected.device)?;
     let prototypes = class_prototypes(&model, &class_photos, size, &selected.device);
     let scores = classify_photos(&model, prototypes, &queries, size, &selected.device);
 

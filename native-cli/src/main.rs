@@ -6,6 +6,7 @@ mod bench_kernels;
 mod classify;
 mod common;
 mod evaluate;
+mod export_web;
 mod generate;
 mod interrupt;
 mod picture;
@@ -39,6 +40,9 @@ enum Command {
     Eval(evaluate::EvalArgs),
     /// Name the species of query photos from one or more support photos per species.
     Classify(classify::ClassifyArgs),
+    /// Write a run's backbone and the prototypes of a dataset's species as a model bundle for
+    /// the browser demo and `classify --bundle`.
+    ExportWeb(export_web::ExportWebArgs),
     /// Measure training and evaluation episodes per second on each device.
     Bench(bench::BenchArgs),
     /// Fine-tune the generator on every photo of a dataset and store the generated images.
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args, cli.quiet),
         Command::Eval(args) => evaluate::run(args, cli.quiet),
         Command::Classify(args) => classify::run(args, cli.quiet),
+        Command::ExportWeb(args) => export_web::run(args, cli.quiet),
         Command::Bench(args) => bench::run(args, cli.quiet),
         Command::Generate(args) => generate::run(args, cli.quiet),
         Command::Summary(args) => summary::run(args),

@@ -194,6 +194,78 @@ fn train_eval_classify_on_cub50() {
         .sum();
     assert!((total - 1.0).abs() < 1e-4, "scores sum to {total}");
     assert!(["004", "008", "012"].contains(&result["predicted"].as_str().unwrap()));
+
+    // The browser bundle of the same run gives `classify` the same scores.
+    let species = work.path().join("species");
+    small_dataset(&species, 4, 2);
+    let bundle = work.path().join("bundle");
+    let export = |which: &str| {
+        run(&[
+            "export-web",
+            "--device",
+            "cpu",
+            "--run",
+            run_dir.to_str().unwrap(),
+            "--data",
+            species.to_str().unwrap(),
+            "--out",
+            bundle.to_str().unwrap(),
+            "--prototype-photos",
+            which,
+        ])
+    };
+    let output = export("train");
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("train_test_split.txt")
+            && text(&output).contains("--prototype-photos all"),
+        "{}",
+        text(&output)
+    );
+    let output = export("all");
+    assert!(output.status.success(), "{}", text(&output));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("model.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["species"].as_array().unwrap().len(), 4);
+    assert_eq!(manifest["species"][0]["photos"], 2);
+    assert_eq!(manifest["embedding_dim"], 1600);
+    assert_eq!(manifest["accuracy"]["episodes"], 6, "{manifest}");
+    assert_eq!(
+        std::fs::metadata(bundle.join("prototypes.f32")).unwrap().len(),
+        4 * 1600 * 4
+    );
+    let output = run(&[
+        "classify",
+        "--device",
+        "cpu",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--support",
+        support.to_str().unwrap(),
+        "--query",
+        query.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let from_bundle: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(from_bundle["predicted"], result["predicted"]);
+    for (a, b) in scores.iter().zip(from_bundle["scores"].as_array().unwrap()) {
+        assert_eq!(a["class"], b["class"]);
+        let (a, b) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6, "run {a}, bundle {b}");
+    }
+    let output = run(&[
+        "classify",
+        "--bundle",
+        species.to_str().unwrap(),
+        "--support",
+        support.to_str().unwrap(),
+        "--query",
+        query.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("export-web"), "{}", text(&output));
 }
 
 #[test]

@@ -13,7 +13,9 @@ pub use cub::{ClassEntry, DataError, Dataset, Split, display_class_name};
 pub use generated::{GeneratedImages, MissingGenerated};
 pub use preprocess::{
     IMAGENET_MEAN, IMAGENET_STD, ImageSize, PreprocessError, crop_for_model, decode_image,
+    decode_image_within,
     load_photo, resize_and_center_crop, write_normalized_chw,
 };
+#[cfg(feature = "train")]
 pub(crate) use store::write_atomically;
 pub use store::{ImageStore, LoadOptions, LoadReport, SkippedImage};

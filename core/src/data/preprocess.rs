@@ -78,6 +78,15 @@ pub enum PreprocessError {
     TruncatedJpeg,
     #[error("the image is {width}x{height} pixels, larger than the {max}-pixel limit per side")]
     TooLarge { width: u32, height: u32, max: u32 },
+    #[error(
+        "the image is {width}x{height} pixels ({megapixels:.0} megapixels), more than the {max_megapixels:.0}-megapixel limit"
+    )]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        megapixels: f64,
+        max_megapixels: f64,
+    },
     #[error("the image has no pixels")]
     NoPixels,
     #[error("decoding failed: {0}")]
@@ -90,6 +99,15 @@ pub enum PreprocessError {
 /// Empty input, an unknown format, a truncated JPEG, a photo over [`MAX_IMAGE_SIDE`] and any
 /// decoder error.
 pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, PreprocessError> {
+    decode_image_within(bytes, u64::MAX)
+}
+
+/// Decodes like [`decode_image`], and also refuses photos of more than `max_pixels` pixels
+/// before decoding them. The browser build uses it to keep a photo within WebAssembly's memory.
+///
+/// # Errors
+/// Those of [`decode_image`], and [`PreprocessError::TooManyPixels`].
+pub fn decode_image_within(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, PreprocessError> {
     if bytes.is_empty() {
         return Err(PreprocessError::Empty);
     }
@@ -115,6 +133,14 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, PreprocessError> {
     }
     if width == 0 || height == 0 {
         return Err(PreprocessError::NoPixels);
+    }
+    if width as u64 * height as u64 > max_pixels {
+        return Err(PreprocessError::TooManyPixels {
+            width,
+            height,
+            megapixels: width as f64 * height as f64 / 1e6,
+            max_megapixels: max_pixels as f64 / 1e6,
+        });
     }
 
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
@@ -346,6 +372,46 @@ mod tests {
             error,
             PreprocessError::TooLarge { .. } | PreprocessError::Decode(_)
         ));
+    }
+
+    /// Computes the CRC-32 that PNG chunks carry (reflected, polynomial 0xEDB88320).
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= byte as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_before_decoding() {
+        // A 9000x9000 header on a 1x1 PNG: within the side limit, over a 60-megapixel limit.
+        let mut bytes = encode(
+            &DynamicImage::ImageLuma8(GrayImage::new(1, 1)),
+            image::ImageFormat::Png,
+        );
+        bytes[16..20].copy_from_slice(&9_000u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&9_000u32.to_be_bytes());
+        // The header chunk's checksum covers its type and data (bytes 12..29), so the decoder
+        // reads the new size instead of reporting a damaged file.
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        let error = decode_image_within(&bytes, 60_000_000).unwrap_err();
+        assert!(
+            matches!(error, PreprocessError::TooManyPixels { width: 9000, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("81 megapixels"), "{error}");
+        let small = encode(&gradient(30, 20), image::ImageFormat::Png);
+        assert_eq!(decode_image_within(&small, 600).unwrap().width(), 30);
+        assert!(decode_image_within(&small, 599).is_err());
     }
 
     #[test]
