@@ -246,8 +246,8 @@ fn page_matches_classify_on_webgpu_and_cpu() {
             .collect();
         assert!(cold > 0.0 && !warm.is_empty(), "{backend}: {page}");
         eprintln!(
-            "{backend}: adapter {}, cold {cold:.0} ms, warm {warm:?} ms",
-            page["adapter"]
+            "{backend}: adapter {}, first photo {} ms, cold {cold:.0} ms, warm {warm:?} ms, longest main-thread gap {} ms",
+            page["adapter"], page["firstPhotoMs"], page["mainThreadMaxGapMs"]
         );
         assert!(
             out.join(format!("results/page-{backend}.png")).is_file(),

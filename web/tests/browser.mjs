@@ -22,6 +22,10 @@ const ACTION_TIMEOUT_MS = 10 * 60 * 1000;
 const LOAD_TIMEOUT_MS = 10 * 60 * 1000;
 /** Largest difference allowed between scores of the same photo classified twice. */
 const REPEAT_TOLERANCE = 1e-4;
+/** Period of the main-thread timer that checks that the page stays responsive. */
+const TIMER_MS = 50;
+/** Longest gap between two ticks of that timer, with room for a loaded CI machine. */
+const MAX_MAIN_THREAD_GAP_MS = 1000;
 
 const MIME_TYPES = {
   '.html': 'text/html; charset=utf-8',
@@ -314,6 +318,18 @@ async function runBackendChecks(page, baseUrl, backend, options, support, builti
   check((await page.title()) === 'One-shot bird recognition (MetaIRNet)', `unexpected page title ${JSON.stringify(await page.title())}`);
   check(state.species.length === builtinNames.length, `the page starts with ${state.species.length} species, expected the ${builtinNames.length} built-in ones`);
 
+  // From here on, a timer on the main thread records its longest gap: decoding and inference run
+  // in the worker, so the page must keep answering while photos are embedded.
+  await page.evaluate((timerMs) => {
+    const gap = { maxMs: 0, last: performance.now() };
+    window.mainThreadGap = gap;
+    setInterval(() => {
+      const now = performance.now();
+      gap.maxMs = Math.max(gap.maxMs, now - gap.last);
+      gap.last = now;
+    }, timerMs);
+  }, TIMER_MS);
+
   // Leave out the built-in species and add the support species.
   if (builtinNames.length > 0) {
     state = await runAction(page, 'unchecking the built-in species', () => page.uncheck('#builtin-toggle'));
@@ -407,6 +423,13 @@ async function runBackendChecks(page, baseUrl, backend, options, support, builti
   check((await page.locator('#result').innerText()).includes(state.lastResult.predicted), '#result does not show the prediction');
   check((await page.locator('#backend-label').innerText()).length > 0, '#backend-label is empty');
 
+  result.mainThreadMaxGapMs = await page.evaluate(() => window.mainThreadGap.maxMs);
+  check(
+    result.mainThreadMaxGapMs <= MAX_MAIN_THREAD_GAP_MS,
+    `the page's main thread stalled for ${result.mainThreadMaxGapMs.toFixed(0)} ms (limit ${MAX_MAIN_THREAD_GAP_MS} ms) while photos were decoded and classified`,
+  );
+  log(`${backend}: longest main-thread gap ${result.mainThreadMaxGapMs.toFixed(0)} ms (timer every ${TIMER_MS} ms)`);
+
   const shot = join(options.out, `page-${backend}.png`);
   await page.screenshot({ path: shot, fullPage: true });
   log(`${backend}: screenshot ${shot}`);
@@ -476,7 +499,7 @@ async function main() {
 }
 
 function emptyResult(backend) {
-  return { backend, adapter: null, queries: [], firstPhotoMs: null, coldMs: null, warmMs: [], badInput: [], withBuiltin: null };
+  return { backend, adapter: null, queries: [], firstPhotoMs: null, coldMs: null, warmMs: [], badInput: [], withBuiltin: null, mainThreadMaxGapMs: null };
 }
 
 main().catch((error) => {
