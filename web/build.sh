@@ -35,9 +35,11 @@ if [ ! -f "$root/assets/web/model.json" ]; then
 fi
 
 cd "$root"
-cargo build --release --target wasm32-unknown-unknown --package metairnet-web
-wasm-bindgen --target web --no-typescript --out-dir "$out/pkg" \
-    "$target_dir/wasm32-unknown-unknown/release/metairnet_web.wasm"
+# The `web` profile optimises for size; without the name section, function names are left out of
+# the module (panic messages are kept).
+cargo build --profile web --target wasm32-unknown-unknown --package metairnet-web
+wasm-bindgen --target web --no-typescript --remove-name-section --out-dir "$out/pkg" \
+    "$target_dir/wasm32-unknown-unknown/web/metairnet_web.wasm"
 cp web/www/* "$out/"
 mkdir -p "$out/model"
 cp assets/web/* "$out/model/"

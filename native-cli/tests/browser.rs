@@ -92,7 +92,8 @@ fn support_and_queries(root: &Path) -> (PathBuf, Vec<PathBuf>) {
 }
 
 /// Writes the files that the page must reject with a message: an empty file, a text file, a
-/// JPEG cut in half and an 8000x8000 PNG (64 megapixels, over the page's 60-megapixel limit).
+/// JPEG cut in half, an 8000x8000 PNG (64 megapixels, over the page's 60-megapixel limit) and a
+/// 51 MiB file (over its 50 MB limit per file).
 fn bad_files(root: &Path, photo: &Path) -> PathBuf {
     let bad = root.join("bad");
     std::fs::create_dir_all(&bad).unwrap();
@@ -103,6 +104,7 @@ fn bad_files(root: &Path, photo: &Path) -> PathBuf {
     image::GrayImage::new(8000, 8000)
         .save(bad.join("huge.png"))
         .unwrap();
+    std::fs::write(bad.join("large.jpg"), vec![0u8; 51 << 20]).unwrap();
     bad
 }
 
@@ -224,7 +226,7 @@ fn page_matches_classify_on_webgpu_and_cpu() {
             }
         }
         let bad_input = page["badInput"].as_array().expect("badInput");
-        for file in ["empty.jpg", "notes.txt", "cut.jpg", "huge.png"] {
+        for file in ["empty.jpg", "notes.txt", "cut.jpg", "huge.png", "large.jpg"] {
             for role in ["query", "species"] {
                 let entry = bad_input
                     .iter()
