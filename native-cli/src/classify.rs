@@ -4,7 +4,8 @@ use crate::common::{DeviceArgs, checkpoint_dir, open_run};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use image::RgbImage;
-use metairnet::bundle::{BundleManifest, MANIFEST_FILE, WEIGHTS_FILE};
+use burn::prelude::{Tensor, TensorData};
+use metairnet::bundle::{BundleManifest, MANIFEST_FILE, PROTOTYPES_FILE, WEIGHTS_FILE};
 use metairnet::classify::{class_prototypes, classify_photos};
 use metairnet::data::{DataError, Dataset, ImageSize, display_class_name, load_photo};
 use metairnet::model::Backbone;
@@ -20,13 +21,20 @@ pub struct ClassifyArgs {
     run: Option<PathBuf>,
 
     /// Model bundle written by `metairnet export-web` (such as assets/web), instead of a run
-    /// folder. Only the bundle's backbone is used; its built-in species are not.
+    /// folder. Without --support, the query photos are scored against the bundle's built-in
+    /// species.
     #[arg(long, value_name = "DIR", conflicts_with = "last")]
     bundle: Option<PathBuf>,
 
-    /// Folder with one subfolder per species, each holding one or more photos of it.
-    #[arg(long, value_name = "DIR")]
-    support: PathBuf,
+    /// Folder with one subfolder per species, each holding one or more photos of it. Required
+    /// with --run.
+    #[arg(long, value_name = "DIR", required_unless_present = "bundle")]
+    support: Option<PathBuf>,
+
+    /// Score against the bundle's built-in species as well as the --support species, as the
+    /// browser demo does with its built-in species on.
+    #[arg(long)]
+    builtin: bool,
 
     /// Photos to classify.
     #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
@@ -36,8 +44,8 @@ pub struct ClassifyArgs {
     #[arg(long)]
     last: bool,
 
-    /// Print one JSON object per query photo, one per line: `query`, `predicted` (the support
-    /// folder name) and `scores`, a list of `{class, name, score}` sorted by score.
+    /// Print one JSON object per query photo, one per line: `query`, `predicted` (the species'
+    /// folder name) and `scores`, a list of `{class, name, builtin, score}` sorted by score.
     #[arg(long)]
     json: bool,
 
@@ -49,7 +57,7 @@ pub struct ClassifyArgs {
 #[derive(Serialize)]
 struct QueryResult {
     query: String,
-    /// The support folder name of the predicted class.
+    /// The folder name of the predicted species.
     predicted: String,
     /// Every class with its softmax score, best first.
     scores: Vec<ClassScore>,
@@ -61,6 +69,8 @@ struct ClassScore {
     class: String,
     /// The folder name without a numeric prefix and underscores, e.g. `Cardinal`.
     name: String,
+    /// Whether the species is one of the bundle's built-in species.
+    builtin: bool,
     score: f32,
 }
 
@@ -143,22 +153,62 @@ impl ModelSource {
     }
 }
 
+/// A species to score against: its folder name, the name shown, and whether it is built in.
+struct Species {
+    class: String,
+    name: String,
+    builtin: bool,
+}
+
+/// Reads the support folder's photos, one list per species.
+fn support_photos(dir: &Path, size: ImageSize) -> Result<(Vec<Species>, Vec<Vec<RgbImage>>)> {
+    if dir.is_file() {
+        bail!(
+            "--support {} is a file; pass a folder with one subfolder of photos per species",
+            dir.display()
+        );
+    }
+    if !dir.is_dir() {
+        bail!(
+            "support folder {} not found; pass a folder with one subfolder of photos per species",
+            dir.display()
+        );
+    }
+    let support = Dataset::open(dir)
+        .with_context(|| format!("cannot read the support folder {}", dir.display()))?;
+    let mut species = Vec::new();
+    let mut photos = Vec::new();
+    for class in &support.classes {
+        if class.images.is_empty() {
+            bail!(
+                "support class folder {} has no photos; add at least one photo or remove the folder",
+                support.root.join(&class.name).display()
+            );
+        }
+        let images = class
+            .images
+            .iter()
+            .map(|path| read_photo(path, "support", size))
+            .collect::<Result<Vec<_>>>()?;
+        photos.push(images);
+        species.push(Species {
+            class: class.name.clone(),
+            name: display_class_name(&class.name),
+            builtin: false,
+        });
+    }
+    Ok((species, photos))
+}
+
 pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
+    if args.builtin && args.bundle.is_none() {
+        bail!(
+            "--builtin scores against a bundle's built-in species; pass --bundle DIR (such as assets/web) instead of --run"
+        );
+    }
     let source = ModelSource::open(&args)?;
     let size = source.image_size();
 
-    if args.support.is_file() {
-        bail!(
-            "--support {} is a file; pass a folder with one subfolder of photos per species",
-            args.support.display()
-        );
-    }
-    if !args.support.is_dir() {
-        bail!(
-            "support folder {} not found; pass a folder with one subfolder of photos per species",
-            args.support.display()
-        );
-    }
     // Name every missing query photo at once, before any work.
     let missing: Vec<String> = args
         .query
@@ -169,28 +219,37 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
     if !missing.is_empty() {
         bail!("query photo not found: {}", missing.join(", "));
     }
-    let support = Dataset::open(&args.support)
-        .with_context(|| format!("cannot read the support folder {}", args.support.display()))?;
-    let mut class_photos = Vec::new();
-    for class in &support.classes {
-        if class.images.is_empty() {
-            bail!(
-                "support class folder {} has no photos; add at least one photo or remove the folder",
-                support.root.join(&class.name).display()
-            );
+    let (mut species, class_photos) = match &args.support {
+        Some(dir) => support_photos(dir, size)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let builtin = match &source {
+        ModelSource::Bundle { manifest, dir } if args.builtin || args.support.is_none() => {
+            let path = dir.join(PROTOTYPES_FILE);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let values = manifest
+                .read_prototypes(&bytes)
+                .with_context(|| format!("cannot use {}", path.display()))?;
+            let entries = manifest.species.iter().map(|s| Species {
+                class: s.class.clone(),
+                name: s.name.clone(),
+                builtin: true,
+            });
+            let start = species.len();
+            species.extend(entries);
+            Some((values, species.len() - start, manifest.embedding_dim))
         }
-        let photos = class
-            .images
-            .iter()
-            .map(|path| read_photo(path, "support", size))
-            .collect::<Result<Vec<_>>>()?;
-        class_photos.push(photos);
-    }
-    if class_photos.len() < 2 {
+        _ => None,
+    };
+    if species.len() < 2 {
+        let origin = match &args.support {
+            Some(dir) => format!("the support folder {}", dir.display()),
+            None => "the bundle".to_string(),
+        };
         bail!(
-            "the support folder {} has {} class; at least 2 are needed to choose between",
-            args.support.display(),
-            class_photos.len()
+            "{origin} has {} species; at least 2 are needed to choose between",
+            species.len()
         );
     }
     let queries = args
@@ -201,17 +260,27 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
 
     let selected = args.device.select()?;
     let model = source.backbone(&selected.device)?;
-    let prototypes = class_prototypes(&model, &class_photos, size, &selected.device);
+    let mut parts = Vec::new();
+    if !class_photos.is_empty() {
+        parts.push(class_prototypes(&model, &class_photos, size, &selected.device));
+    }
+    if let Some((values, count, dim)) = builtin {
+        parts.push(Tensor::<2>::from_data(
+            TensorData::new(values, [count, dim]),
+            &selected.device,
+        ));
+    }
+    let prototypes = Tensor::cat(parts, 0);
     let scores = classify_photos(&model, prototypes, &queries, size, &selected.device);
 
     for (path, row) in args.query.iter().zip(scores) {
-        let mut ranked: Vec<ClassScore> = support
-            .classes
+        let mut ranked: Vec<ClassScore> = species
             .iter()
             .zip(row)
-            .map(|(class, score)| ClassScore {
-                class: class.name.clone(),
-                name: display_class_name(&class.name),
+            .map(|(entry, score)| ClassScore {
+                class: entry.class.clone(),
+                name: entry.name.clone(),
+                builtin: entry.builtin,
                 score,
             })
             .collect();

@@ -108,6 +108,16 @@ fn bad_files(root: &Path, photo: &Path) -> PathBuf {
     bad
 }
 
+/// Reads the page's `[{name, score}]` list into a map.
+fn scores_by_name(scores: &Value) -> BTreeMap<String, f64> {
+    scores
+        .as_array()
+        .expect("a list of scores")
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s["score"].as_f64().unwrap()))
+        .collect()
+}
+
 fn require_tool(program: &str, args: &[&str], fix: &str) {
     let found = Command::new(program)
         .args(args)
@@ -171,6 +181,23 @@ fn page_matches_classify_on_webgpu_and_cpu() {
         .collect();
     assert_eq!(expected.len(), queries.len(), "{}", text(&output));
 
+    // The same with the bundle's built-in species, for the page's default view.
+    let output = run(&[
+        "classify",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--support",
+        support.to_str().unwrap(),
+        "--builtin",
+        "--json",
+        "--device",
+        "cpu",
+        "--query",
+        queries[0].to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let expected_builtin: Value = serde_json::from_slice(&output.stdout).unwrap();
+
     let mut node = Command::new("node");
     node.arg(repo.join("web/tests/browser.mjs"))
         .arg("--dist")
@@ -207,12 +234,7 @@ fn page_matches_classify_on_webgpu_and_cpu() {
                 got["predicted"], want["predicted"],
                 "{backend}: the page and classify disagree on {want_file}"
             );
-            let page_scores: BTreeMap<String, f64> = got["scores"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| (s["name"].as_str().unwrap().to_string(), s["score"].as_f64().unwrap()))
-                .collect();
+            let page_scores = scores_by_name(&got["scores"]);
             let cli_scores = want["scores"].as_array().unwrap();
             assert_eq!(page_scores.len(), cli_scores.len(), "{backend}: {got}");
             for score in cli_scores {
@@ -225,6 +247,26 @@ fn page_matches_classify_on_webgpu_and_cpu() {
                 );
             }
         }
+        // With the built-in species on, the page names them as the bundle does and the user's
+        // species by their folder names.
+        let with_builtin = &page["withBuiltin"];
+        let page_scores = scores_by_name(&with_builtin["scores"]);
+        let cli_scores = expected_builtin["scores"].as_array().unwrap();
+        assert_eq!(page_scores.len(), cli_scores.len(), "{backend}: {with_builtin}");
+        for score in cli_scores {
+            let key = if score["builtin"] == true {
+                score["name"].as_str().unwrap()
+            } else {
+                score["class"].as_str().unwrap()
+            };
+            let cli = score["score"].as_f64().unwrap();
+            let page = page_scores[key];
+            assert!(
+                (page - cli).abs() <= SCORE_TOLERANCE,
+                "{backend}: with the built-in species, {key} scores {page} in the page and {cli} in classify"
+            );
+        }
+
         let bad_input = page["badInput"].as_array().expect("badInput");
         for file in ["empty.jpg", "notes.txt", "cut.jpg", "huge.png", "large.jpg"] {
             for role in ["query", "species"] {

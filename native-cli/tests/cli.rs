@@ -255,6 +255,55 @@ fn train_eval_classify_on_cub50() {
         let (a, b) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
         assert!((a - b).abs() < 1e-6, "run {a}, bundle {b}");
     }
+    // Without --support, the bundle's own species are scored; --builtin adds them to the
+    // support species.
+    let output = run(&[
+        "classify",
+        "--device",
+        "cpu",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--query",
+        query.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let builtin: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let builtin_scores = builtin["scores"].as_array().unwrap();
+    assert_eq!(builtin_scores.len(), 4);
+    assert!(builtin_scores.iter().all(|s| s["builtin"] == true), "{builtin}");
+    let output = run(&[
+        "classify",
+        "--device",
+        "cpu",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--support",
+        support.to_str().unwrap(),
+        "--builtin",
+        "--query",
+        query.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let both: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let both_scores = both["scores"].as_array().unwrap();
+    assert_eq!(both_scores.len(), 7);
+    let builtin_count = both_scores.iter().filter(|s| s["builtin"] == true).count();
+    assert_eq!(builtin_count, 4, "{both}");
+    let output = run(&[
+        "classify",
+        "--run",
+        run_dir.to_str().unwrap(),
+        "--support",
+        support.to_str().unwrap(),
+        "--builtin",
+        "--query",
+        query.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("--bundle"), "{}", text(&output));
+
     let output = run(&[
         "classify",
         "--bundle",

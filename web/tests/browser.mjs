@@ -416,7 +416,7 @@ async function runBackendChecks(page, baseUrl, backend, options, support, builti
     check(state.lastResult.scores.length === expected, `with the built-in species ${basename(first)} got ${state.lastResult.scores.length} scores, expected ${expected}`);
     const builtinScored = state.lastResult.scores.filter((entry) => builtinNames.includes(entry.name)).length;
     check(builtinScored > 0, 'no built-in species appears in the scores');
-    result.withBuiltin = { predicted: state.lastResult.predicted, count: state.lastResult.scores.length };
+    result.withBuiltin = { predicted: state.lastResult.predicted, count: state.lastResult.scores.length, scores: state.lastResult.scores };
   } else {
     log(`${backend}: the bundle has no built-in species; skipping that check`);
   }
