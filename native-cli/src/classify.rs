@@ -11,6 +11,7 @@ use metairnet::data::{DataError, Dataset, ImageSize, display_class_name, load_ph
 use metairnet::model::Backbone;
 use metairnet::train::load_model;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -32,7 +33,8 @@ pub struct ClassifyArgs {
     support: Option<PathBuf>,
 
     /// Score against the bundle's built-in species as well as the --support species, as the
-    /// browser demo does with its built-in species on.
+    /// browser demo does with its built-in species on. A support folder named like a built-in
+    /// species (for example `Cardinal`) replaces it.
     #[arg(long)]
     builtin: bool,
 
@@ -46,6 +48,8 @@ pub struct ClassifyArgs {
 
     /// Print one JSON object per query photo, one per line: `query`, `predicted` (the species'
     /// folder name) and `scores`, a list of `{class, name, builtin, score}` sorted by score.
+    /// A score is the softmax over species of minus the squared distance to each species'
+    /// prototype, from 0 to 1; it is not a calibrated probability.
     #[arg(long)]
     json: bool,
 
@@ -209,6 +213,13 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
     let source = ModelSource::open(&args)?;
     let size = source.image_size();
 
+    if let Some(folder) = args.query.iter().find(|path| path.is_dir()) {
+        bail!(
+            "--query {} is a folder; pass photo files (a shell pattern such as {}/*.jpg works)",
+            folder.display(),
+            folder.display()
+        );
+    }
     // Name every missing query photo at once, before any work.
     let missing: Vec<String> = args
         .query
@@ -231,14 +242,24 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
             let values = manifest
                 .read_prototypes(&bytes)
                 .with_context(|| format!("cannot use {}", path.display()))?;
-            let entries = manifest.species.iter().map(|s| Species {
-                class: s.class.clone(),
-                name: s.name.clone(),
-                builtin: true,
-            });
-            let start = species.len();
-            species.extend(entries);
-            Some((values, species.len() - start, manifest.embedding_dim))
+            // As in the browser demo, a support species named like a built-in one (ignoring case
+            // and surrounding spaces) takes its place.
+            let key = |name: &str| name.trim().to_lowercase();
+            let replaced: HashSet<String> = species.iter().map(|s| key(&s.class)).collect();
+            let dim = manifest.embedding_dim;
+            let mut kept = Vec::new();
+            for (entry, row) in manifest.species.iter().zip(values.chunks_exact(dim)) {
+                if replaced.contains(&key(&entry.name)) {
+                    continue;
+                }
+                kept.extend_from_slice(row);
+                species.push(Species {
+                    class: entry.class.clone(),
+                    name: entry.name.clone(),
+                    builtin: true,
+                });
+            }
+            Some((kept.len() / dim, kept, dim))
         }
         _ => None,
     };
@@ -264,7 +285,7 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
     if !class_photos.is_empty() {
         parts.push(class_prototypes(&model, &class_photos, size, &selected.device));
     }
-    if let Some((values, count, dim)) = builtin {
+    if let Some((count, values, dim)) = builtin.filter(|(count, _, _)| *count > 0) {
         parts.push(Tensor::<2>::from_data(
             TensorData::new(values, [count, dim]),
             &selected.device,

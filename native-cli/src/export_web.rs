@@ -25,7 +25,7 @@ pub struct ExportWebArgs {
     run: PathBuf,
 
     /// Dataset whose species become the built-in species: a CUB_200_2011 folder (or its parent),
-    /// or a folder with one subfolder of photos per species.
+    /// or a folder with one subfolder of photos per species (with --prototype-photos all).
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
 
@@ -139,9 +139,11 @@ pub fn run(args: ExportWebArgs, quiet: bool) -> Result<()> {
     };
     if manifest.accuracy.is_none() {
         log::warn!(
-            "no novel-class evaluation of epoch {epoch} found in {}; run `metairnet eval --run {}` first to record the accuracy in the bundle",
+            "no novel-class evaluation of epoch {epoch} found in {}; run `metairnet eval --data {} --run {}{}` first to record the accuracy in the bundle",
             run.eval_dir().display(),
-            args.run.display()
+            args.data.display(),
+            args.run.display(),
+            if args.last { " --last" } else { "" }
         );
     }
 
@@ -202,6 +204,12 @@ fn prototype_photos(
     }
     let cub_dir = dataset.root.parent().unwrap_or(&dataset.root);
     let split_path = cub_dir.join("train_test_split.txt");
+    if !cub_dir.join("images.txt").is_file() {
+        bail!(
+            "--prototype-photos train needs a CUB_200_2011 folder with images.txt and train_test_split.txt, but {} has one subfolder of photos per species; pass --prototype-photos all to use every photo",
+            dataset.root.display()
+        );
+    }
     if !split_path.is_file() {
         bail!(
             "--prototype-photos train needs {}, which is missing; pass --prototype-photos all to use every photo",

@@ -10,7 +10,8 @@
 //! is what PIL's bilinear resize (and so torchvision's) does.
 
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, ImageReader, Limits, RgbImage};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 use std::path::Path;
 
@@ -93,7 +94,8 @@ pub enum PreprocessError {
     Decode(String),
 }
 
-/// Decodes an image file's bytes, of any colour mode, into RGB.
+/// Decodes an image file's bytes, of any colour mode, into RGB, turned upright as its EXIF
+/// orientation tag says.
 ///
 /// # Errors
 /// Empty input, an unknown format, a truncated JPEG, a photo over [`MAX_IMAGE_SIDE`] and any
@@ -102,7 +104,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, PreprocessError> {
     decode_image_within(bytes, u64::MAX)
 }
 
-/// Decodes like [`decode_image`], and also refuses photos of more than `max_pixels` pixels
+/// Decodes like [`decode_image`], and also rejects photos of more than `max_pixels` pixels
 /// before decoding them. The browser build uses it to keep a photo within WebAssembly's memory.
 ///
 /// # Errors
@@ -121,6 +123,10 @@ pub fn decode_image_within(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage
         return Err(PreprocessError::TruncatedJpeg);
     }
 
+    // Reading the header needs no limits; the size checks below give clearer messages than the
+    // decoder's memory limit would.
+    let mut reader = reader;
+    reader.no_limits();
     let (width, height) = reader
         .into_dimensions()
         .map_err(|e| PreprocessError::Decode(e.to_string()))?;
@@ -147,10 +153,15 @@ pub fn decode_image_within(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    reader.limits(limits);
-    let image = reader
-        .decode()
-        .map_err(|e| PreprocessError::Decode(e.to_string()))?;
+    reader.limits(limits.clone());
+    let decode_error = |e: image::ImageError| PreprocessError::Decode(e.to_string());
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    limits.reserve(decoder.total_bytes()).map_err(decode_error)?;
+    // Cameras and phones often store a portrait photo sideways with an EXIF orientation tag;
+    // viewers rotate it, so the network must see it rotated too. A damaged tag counts as none.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    image.apply_orientation(orientation);
     Ok(DynamicImage::ImageRgb8(image.to_rgb8()))
 }
 
@@ -412,6 +423,42 @@ mod tests {
         let small = encode(&gradient(30, 20), image::ImageFormat::Png);
         assert_eq!(decode_image_within(&small, 600).unwrap().width(), 30);
         assert!(decode_image_within(&small, 599).is_err());
+    }
+
+    #[test]
+    fn exif_orientation_turns_photo_upright() {
+        // A little-endian TIFF block with one tag: Orientation (0x0112) = 6, which means that
+        // viewers rotate the stored pixels 90 degrees clockwise.
+        let mut exif = b"II*\0".to_vec();
+        exif.extend(8u32.to_le_bytes());
+        exif.extend(1u16.to_le_bytes());
+        exif.extend(0x0112u16.to_le_bytes());
+        exif.extend(3u16.to_le_bytes());
+        exif.extend(1u32.to_le_bytes());
+        exif.extend(6u16.to_le_bytes());
+        exif.extend(0u16.to_le_bytes());
+        exif.extend(0u32.to_le_bytes());
+        let stored = gradient(30, 20).to_rgb8();
+        let mut bytes = Vec::new();
+        let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
+        image::ImageEncoder::set_exif_metadata(&mut encoder, exif).unwrap();
+        image::ImageEncoder::write_image(
+            encoder,
+            stored.as_raw(),
+            30,
+            20,
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+
+        let upright = decode_image(&bytes).unwrap();
+        assert_eq!((upright.width(), upright.height()), (20, 30));
+        // After a clockwise turn the stored top-left pixel is at the top right.
+        let corner = upright.to_rgb8().get_pixel(19, 0).0;
+        let stored_corner = stored.get_pixel(0, 0).0;
+        for (a, b) in corner.iter().zip(stored_corner) {
+            assert!((*a as i32 - b as i32).abs() <= 12, "{corner:?} vs {stored_corner:?}");
+        }
     }
 
     #[test]
