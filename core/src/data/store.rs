@@ -255,10 +255,11 @@ fn bad_images_error(skipped: &[SkippedImage]) -> DataError {
 }
 
 /// Hashes the image size and each source's path, length and modification time, so that any
-/// change to the photos gives a new cache file.
+/// change to the photos gives a new cache file. The version tag changes with the decoding
+/// (v2 turns photos upright by their EXIF orientation).
 fn cache_key(sources: &[&Path], size: ImageSize) -> String {
     let mut hasher = Fnv64::default();
-    hasher.write(b"metairnet-image-cache-v1");
+    hasher.write(b"metairnet-image-cache-v2");
     hasher.write_u32(size.pixels());
     for path in sources {
         hasher.write(path.as_os_str().as_encoded_bytes());
