@@ -437,6 +437,73 @@ async function runBackendChecks(page, baseUrl, backend, options, support, builti
   result.coldMs = state.latency.coldMs;
   result.warmMs = state.latency.warmMs;
   result.firstPhotoMs = state.latency.firstMs;
+
+  await checkQueuedSpeciesChanges(page, support, builtinNames);
+}
+
+/** Waits until the page has finished `count` actions after `before` and is idle again. */
+async function waitForActions(page, before, count, description) {
+  try {
+    await page.waitForFunction(({ before, count }) => window.demo.actions >= before + count && window.demo.ready, { before, count }, {
+      timeout: ACTION_TIMEOUT_MS,
+      polling: 100,
+    });
+  } catch (error) {
+    const current = await demoState(page).catch(() => null);
+    throw new CheckFailed(`${description}: the page did not finish within ${ACTION_TIMEOUT_MS / 1000} s (status: ${current?.status}; messages: ${JSON.stringify(current?.messages)})`);
+  }
+  return demoState(page);
+}
+
+/**
+ * Removes all support species but the first, then adds them back with one click each in the same
+ * task, so every "Add species" but the first waits in the queue. Each must keep the name and the
+ * photos of its own click, and a result must not outlive the species it was computed for.
+ */
+async function checkQueuedSpeciesChanges(page, support, builtinNames) {
+  let before = await page.evaluate(() => window.demo.actions);
+  let count = 0;
+  if (builtinNames.length > 0) {
+    await page.uncheck('#builtin-toggle');
+    count += 1;
+  }
+  for (const species of support.slice(1)) {
+    await page.click(`button.remove-species[data-name="${species.name}"]`);
+    count += 1;
+  }
+  let state = await waitForActions(page, before, count, 'removing all support species but one');
+  check(state.species.length === 1, `after the removals the page uses ${state.species.length} species, expected 1`);
+  check(state.lastResult === null, `with 1 species the result for ${state.lastResult?.predicted} is still kept`);
+  const resultText = await page.locator('#result-body').innerText();
+  check(!resultText.includes('Predicted'), `with 1 species #result-body still shows a prediction: ${JSON.stringify(resultText)}`);
+
+  const added = support.slice(1).map((species) => ({
+    name: species.name,
+    photos: species.photos.map((file) => ({ name: basename(file), bytes: [...readFileSync(file)] })),
+  }));
+  before = await page.evaluate(() => window.demo.actions);
+  await page.evaluate((list) => {
+    for (const species of list) {
+      document.getElementById('species-name').value = species.name;
+      const transfer = new DataTransfer();
+      for (const photo of species.photos) {
+        transfer.items.add(new File([new Uint8Array(photo.bytes)], photo.name, { type: 'image/jpeg' }));
+      }
+      const input = document.getElementById('species-files');
+      input.files = transfer.files;
+      input.dispatchEvent(new Event('change', { bubbles: true }));
+      document.getElementById('add-species').click();
+    }
+  }, added);
+  state = await waitForActions(page, before, added.length, 'adding species with queued clicks');
+  for (const species of support) {
+    const found = state.species.find((entry) => entry.name === species.name);
+    check(found, `species ${species.name} is missing after the queued adds (species: ${JSON.stringify(state.species)}; messages: ${JSON.stringify(state.messages.slice(-3))})`);
+    check(found.photos === species.photos.length, `after the queued adds ${species.name} has ${found.photos} photos, expected ${species.photos.length}`);
+  }
+  check(state.species.length === support.length, `after the queued adds the page uses ${state.species.length} species, expected ${support.length}`);
+  check(state.lastResult && !state.lastResult.outOfDate, `after the queued adds the result is ${JSON.stringify(state.lastResult && { predicted: state.lastResult.predicted, outOfDate: state.lastResult.outOfDate })}`);
+  check(state.lastResult.scores.length === support.length, `after the queued adds the result has ${state.lastResult.scores.length} scores, expected ${support.length}`);
 }
 
 function summarise(result) {

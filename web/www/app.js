@@ -4,7 +4,9 @@
 //
 // Every action that uses the model (adding or removing a species, choosing a query, switching
 // the backend or the built-in species) becomes one task in a queue. Actions therefore never
-// overlap, and `window.demo` describes a consistent state between them.
+// overlap, and `window.demo` describes a consistent state between them. What the user entered
+// (a species name and its photos, the built-in checkbox, the backend menu) is read when they
+// act, not when the queued task runs, so actions queued behind a slow one keep their own input.
 
 /** Largest photo file accepted, in bytes, checked before the file is read or sent anywhere. */
 const MAX_FILE_BYTES = 50 * 1000 * 1000;
@@ -17,11 +19,15 @@ const $ = (id) => document.getElementById(id);
 // ---------------------------------------------------------------------------------------------
 // Worker client
 
-/** An error returned by the worker; `fatal` means the WebAssembly instance has to be replaced. */
+/**
+ * An error returned by the worker. `fatal` means the WebAssembly instance has to be replaced, and
+ * `filesError` that a served file is missing or broken, so another backend would fail the same way.
+ */
 class WorkerError extends Error {
-  constructor(message, fatal) {
+  constructor(message, fatal, filesError = false) {
     super(message);
     this.fatal = fatal;
+    this.filesError = filesError;
   }
 }
 
@@ -70,7 +76,7 @@ class ModelWorker {
     if (data.ok) {
       entry.resolve(data.result);
     } else {
-      entry.reject(new WorkerError(data.error, data.fatal));
+      entry.reject(new WorkerError(data.error, data.fatal, data.filesError === true));
     }
   }
 
@@ -95,17 +101,36 @@ const state = {
   backend: null,
   /** The WebGPU adapter as `navigator.gpu.requestAdapter()` describes it, or null. */
   adapter: null,
+  /** The adapter's name without remarks, for messages. */
+  adapterName: null,
+  /** True when the only WebGPU adapter runs on the CPU (a fallback adapter such as SwiftShader). */
+  adapterIsSoftware: false,
+  /** Backend chosen in the menu whose switch is still queued, or null. */
+  requestedBackend: null,
+  /** True while a model load is in progress. */
+  loading: false,
+  /** Error message of the last failed model load, or null. */
+  loadError: null,
+  /** Number of built-in species in the last bundle loaded; null until a load succeeds. */
+  builtinCount: null,
   /** Reason WebGPU is unavailable in this browser, or null when it is available. */
   webgpuProblem: null,
   /** The loaded bundle: {info, manifest, builtin (Float32Array), maxPixels}, or null. */
   model: null,
+  /** Whether the built-in species take part; set as soon as the checkbox changes. */
   builtinOn: true,
+  /**
+   * Incremented whenever the species in use or their prototypes change, so a result computed
+   * before the change can be recognised as out of date.
+   */
+  speciesVersion: 0,
   /** Species added on this page: {name, photos: [{name, bytes, url, embedding}], prototype}. */
   userSpecies: [],
   /** Files chosen for the next "Add species", not yet sent to the worker. */
   pendingPhotos: [],
   /** The query photo: {name, bytes, url}; url is set once the worker has accepted the photo. */
   query: null,
+  /** The last classification, with the `speciesVersion` it was computed for, or null. */
   lastResult: null,
   /**
    * Latency since the last model load, in ms. The first query is cold and later ones are warm.
@@ -114,7 +139,10 @@ const state = {
   latency: { coldMs: null, warmMs: [], firstMs: null },
   messages: [],
   queries: 0,
-  /** Number of finished actions, so a test can wait for the one it started. */
+  /**
+   * Number of finished actions, so a test can wait for the one it started. An "Add species"
+   * click rejected at once (no name or no photos) counts as an action that finished then.
+   */
   actions: 0,
   running: 0,
   pastedCount: 0,
@@ -194,13 +222,20 @@ function formatMs(ms) {
 // Status, messages and the action queue
 
 let queue = Promise.resolve();
+/** Status text of the action in progress, kept while later actions are queued behind it. */
+let busyStatus = null;
 
-/** Runs `task` after every earlier action; errors it throws are shown as messages. */
+/**
+ * Runs `task` after every earlier action; errors it throws are shown as messages. The messages
+ * of earlier actions are cleared now, when the user acts, so that a message that an action still
+ * running shows later is not wiped by the tasks queued behind it.
+ */
 function enqueue(label, task) {
+  clearMessages();
   state.running += 1;
-  renderStatus(label);
+  // While another action runs, the status keeps describing it and only counts this one as waiting.
+  renderStatus(state.running === 1 ? label : undefined);
   queue = queue.then(async () => {
-    clearMessages();
     renderStatus(label);
     try {
       await task();
@@ -220,15 +255,20 @@ function showProgress(text) {
   renderStatus(text);
 }
 
+/** Shows the page's status; `busyText`, when given, replaces the text of the action in progress. */
 function renderStatus(busyText) {
   const busy = state.running > 0;
   document.body.classList.toggle('busy', busy);
   $('status').setAttribute('aria-busy', String(busy));
+  busyStatus = busy ? busyText || busyStatus : null;
   let text;
   if (busy) {
-    text = busyText || 'Working…';
+    text = busyStatus || 'Working…';
+    if (state.running > 1) {
+      text += ` (${state.running - 1} more action${state.running === 2 ? '' : 's'} waiting)`;
+    }
   } else if (!state.model) {
-    text = 'The model is not loaded; see the message above, then reload the page.';
+    text = 'The model is not loaded; see the message below.';
   } else if (activeSpecies().length < 2) {
     text = 'Ready. Add one or more photos of each species, then choose a photo to recognise.';
   } else {
@@ -277,45 +317,99 @@ async function probeWebGpu() {
     return 'the browser found no WebGPU adapter (navigator.gpu.requestAdapter() returned null)';
   }
   const info = adapter.info || {};
-  const parts = [info.description || [info.vendor, info.architecture, info.device].filter(Boolean).join(' ')];
-  if (adapter.isFallbackAdapter || info.isFallbackAdapter) {
-    parts.push('(software fallback adapter)');
-  }
-  state.adapter = parts.filter(Boolean).join(' ') || 'unnamed adapter';
+  const name = info.description || [info.vendor, info.architecture, info.device].filter(Boolean).join(' ') || 'unnamed adapter';
+  state.adapterIsSoftware = isSoftwareAdapter(adapter, name);
+  state.adapter = state.adapterIsSoftware ? `${name} (software fallback adapter)` : name;
+  state.adapterName = name;
   return null;
 }
 
-/** Loads the model on `backend`, falling back from WebGPU to the CPU, then re-embeds user photos. */
+/**
+ * Returns whether a WebGPU adapter runs on the CPU: the browser marks it as a fallback adapter,
+ * or its name is that of a known software renderer (SwiftShader, Mesa's llvmpipe or lavapipe).
+ */
+function isSoftwareAdapter(adapter, name) {
+  const info = adapter.info || {};
+  // `GPUAdapter.isFallbackAdapter` is the older place of the flag that now sits in `adapter.info`.
+  if (adapter.isFallbackAdapter || info.isFallbackAdapter) {
+    return true;
+  }
+  return /swiftshader|llvmpipe|lavapipe/i.test(name);
+}
+
+/** Returns true when the last model load failed and no other load is in progress. */
+function modelFailed() {
+  return state.model === null && !state.loading && state.loadError !== null;
+}
+
+/** Returns the error shown when no backend can load the model, with what to do about it. */
+function modelLoadError(detail) {
+  return new Error(`The model could not be loaded: ${detail}. Rebuild with web/build.sh or check the server.`);
+}
+
+/**
+ * Loads the model on `backend`, then re-embeds user photos. When WebGPU fails, it tries the CPU.
+ * If that works, the failure was WebGPU's and a message names it. If the CPU fails too, the
+ * model's files are at fault and only that error is shown. A failed download or a WebAssembly
+ * module that does not start is a problem of the files, so the CPU is not tried then.
+ */
 async function loadModel(backend) {
   state.model = null;
   state.backend = null;
+  state.loading = true;
+  state.loadError = null;
+  state.speciesVersion += 1;
   renderAll();
-  renderStatus(`Loading the model on ${BACKEND_NAMES[backend]}…`);
-  let result;
   try {
-    result = await worker.request('load', { backend });
+    const result = await loadOnBackendOrCpu(backend);
+    state.model = result.model;
+    state.backend = result.backend;
+    state.builtinCount = result.model.info.species.length;
+  } catch (error) {
+    state.loadError = error.message;
+    state.lastResult = null;
+    throw error;
+  } finally {
+    state.loading = false;
+  }
+  state.latency = { coldMs: null, warmMs: [], firstMs: null };
+  renderAll();
+  await reembedUserSpecies();
+  state.speciesVersion += 1;
+}
+
+/** Requests a load on `backend` and on the CPU after a WebGPU failure; returns {model, backend}. */
+async function loadOnBackendOrCpu(backend) {
+  renderStatus(`Loading the model on ${BACKEND_NAMES[backend]}…`);
+  let firstError;
+  try {
+    return { model: await worker.request('load', { backend }), backend };
   } catch (error) {
     if (error.fatal) {
       restartWorker();
     }
-    if (backend !== 'webgpu') {
-      throw new Error(`The model could not be loaded on the CPU: ${error.message}`);
+    if (backend !== 'webgpu' || error.filesError) {
+      throw modelLoadError(error.message);
     }
-    showMessage(`Loading the model on WebGPU failed, so the page uses the CPU backend. Details: ${error.message}`);
-    renderStatus(`Loading the model on ${BACKEND_NAMES.cpu}…`);
-    try {
-      result = await worker.request('load', { backend: 'cpu' });
-    } catch (cpuError) {
-      throw new Error(`The model could not be loaded on the CPU either: ${cpuError.message}`);
-    }
-    backend = 'cpu';
+    firstError = error;
   }
 
-  state.model = result;
-  state.backend = backend;
-  state.latency = { coldMs: null, warmMs: [], firstMs: null };
-  renderAll();
-  await reembedUserSpecies();
+  renderStatus(`Loading the model on WebGPU failed; trying ${BACKEND_NAMES.cpu}…`);
+  let model;
+  try {
+    model = await worker.request('load', { backend: 'cpu' });
+  } catch (cpuError) {
+    if (cpuError.fatal) {
+      restartWorker();
+    }
+    // The same error on both backends comes from the bundle, so WebGPU is not mentioned.
+    if (cpuError.filesError || cpuError.message === firstError.message) {
+      throw modelLoadError(cpuError.message);
+    }
+    throw modelLoadError(`on WebGPU, ${firstError.message}; on the CPU, ${cpuError.message}`);
+  }
+  showMessage(`Loading the model on WebGPU failed, so the page uses the CPU backend. Details: ${firstError.message}`);
+  return { model, backend: 'cpu' };
 }
 
 function restartWorker() {
@@ -323,8 +417,17 @@ function restartWorker() {
   worker = new ModelWorker(showProgress);
 }
 
-/** Sends an embed or classify request through `send` and records it when it is the first photo. */
-async function timePhoto(send, op, fields) {
+/**
+ * Shows `status`, sends an embed or classify request through `send` and records the time when it
+ * is the first photo since the model was loaded. On WebGPU that photo also compiles the shaders,
+ * so the status explains why it takes longer.
+ */
+async function timePhoto(status, send, op, fields) {
+  if (state.latency.firstMs === null && state.backend === 'webgpu') {
+    renderStatus(`${status.replace(/…$/, '')}. The first photo on WebGPU also compiles the shaders, which can take several seconds.`);
+  } else {
+    renderStatus(status);
+  }
   const started = performance.now();
   const result = await send(op, fields);
   if (state.latency.firstMs === null) {
@@ -363,10 +466,10 @@ async function reembedUserSpecies() {
     const kept = [];
     for (const photo of species.photos) {
       done += 1;
-      renderStatus(`Embedding your photos on ${BACKEND_NAMES[state.backend]}: ${done} of ${total}`);
+      const status = `Embedding your photos on ${BACKEND_NAMES[state.backend]}: ${done} of ${total}`;
       try {
         // Called on the worker directly: a crash here ends the reload instead of starting another.
-        const { embedding } = await timePhoto((op, fields) => worker.request(op, fields), 'embed', { bytes: photo.bytes });
+        const { embedding } = await timePhoto(status, (op, fields) => worker.request(op, fields), 'embed', { bytes: photo.bytes });
         kept.push({ ...photo, embedding });
       } catch (error) {
         if (error.fatal) {
@@ -389,27 +492,71 @@ async function reembedUserSpecies() {
 // ---------------------------------------------------------------------------------------------
 // Actions
 
-async function addSpecies() {
-  const name = $('species-name').value.trim().replace(/\s+/g, ' ');
+/** Returns the name typed in the species form, trimmed and with single spaces. */
+function typedSpeciesName() {
+  return $('species-name').value.trim().replace(/\s+/g, ' ');
+}
+
+/**
+ * Handles "Add species": reads the name and the chosen photos now, clears the form, and queues
+ * the embedding. Input that cannot make a species is reported at once and left in the form.
+ */
+function submitSpecies() {
+  const name = typedSpeciesName();
   const files = state.pendingPhotos;
+  let problem = null;
   if (name === '') {
-    showMessage('Enter the species name before adding its photos.');
-    return;
+    problem = 'Enter the species name before adding its photos.';
+  } else if (files.length === 0) {
+    problem = `Add at least one photo of ${name} first: drop, paste or choose photos.`;
+  } else if (modelFailed()) {
+    problem = 'The model is not loaded, so no species can be added.';
   }
-  if (files.length === 0) {
-    showMessage(`Add at least one photo of ${name} first: drop, paste or choose photos.`);
-    return;
-  }
-  if (!state.model) {
-    showMessage('The model is not loaded, so no species can be added.');
+  if (problem !== null) {
+    showMessage(problem);
+    state.actions += 1;
     return;
   }
   state.pendingPhotos = [];
+  $('species-name').value = '';
   renderPending();
+  enqueue(`Adding ${name}…`, () => addSpecies(name, files));
+}
 
+/** Returns true when the ArrayBuffers `a` and `b` contain the same bytes. */
+function sameBytes(a, b) {
+  if (a.byteLength !== b.byteLength) {
+    return false;
+  }
+  const x = new Uint8Array(a);
+  const y = new Uint8Array(b);
+  for (let i = 0; i < x.length; i++) {
+    if (x[i] !== y[i]) {
+      return false;
+    }
+  }
+  return true;
+}
+
+/** Embeds `files` and adds them to the species `name`, creating it when it is new. */
+async function addSpecies(name, files) {
+  if (!state.model) {
+    // The model failed to load while this action waited; give the input back to the form.
+    state.pendingPhotos.push(...files);
+    if ($('species-name').value.trim() === '') {
+      $('species-name').value = name;
+    }
+    showMessage('The model is not loaded, so no species can be added.');
+    return;
+  }
+
+  const existing = state.userSpecies.find((species) => nameKey(species.name) === nameKey(name));
+  const known = existing ? [...existing.photos] : [];
   const usable = [];
+  let duplicates = 0;
   for (const [index, file] of files.entries()) {
-    renderStatus(`Embedding photo ${index + 1} of ${files.length} of ${name}: ${file.name}`);
+    const status = `Embedding photo ${index + 1} of ${files.length} of ${name}: ${file.name}`;
+    renderStatus(status);
     const tooLarge = checkFileSize(file);
     if (tooLarge) {
       showMessage(`${tooLarge} It was left out of ${name}.`);
@@ -417,26 +564,35 @@ async function addSpecies() {
     }
     try {
       const bytes = await file.arrayBuffer();
-      const { embedding } = await timePhoto(request, 'embed', { bytes });
-      usable.push({ name: file.name, bytes, embedding, url: URL.createObjectURL(file) });
+      // The same file twice would weigh twice in the prototype.
+      if (known.some((photo) => photo.name === file.name && sameBytes(photo.bytes, bytes))) {
+        showMessage(`${file.name} is already a photo of ${existing ? existing.name : name}, so it was added only once.`);
+        duplicates += 1;
+        continue;
+      }
+      const { embedding } = await timePhoto(status, request, 'embed', { bytes });
+      const photo = { name: file.name, bytes, embedding, url: URL.createObjectURL(file) };
+      usable.push(photo);
+      known.push(photo);
     } catch (error) {
       showMessage(`${file.name} was left out of ${name}: ${error.message}`);
     }
   }
   if (usable.length === 0) {
-    const count = files.length === 1 ? 'its only photo' : `any of its ${files.length} photos`;
-    showMessage(`${name} was not added: the model could not use ${count}.`);
+    if (duplicates < files.length) {
+      const count = files.length === 1 ? 'its only photo' : `any of its ${files.length} photos`;
+      showMessage(`${name} was not ${existing ? 'changed' : 'added'}: the model could not use ${count}.`);
+    }
     return;
   }
 
-  const existing = state.userSpecies.find((species) => nameKey(species.name) === nameKey(name));
-  if (existing) {
+  if (existing && state.userSpecies.includes(existing)) {
     existing.photos.push(...usable);
     existing.prototype = meanEmbedding(existing.photos.map((photo) => photo.embedding));
   } else {
     state.userSpecies.push({ name, photos: usable, prototype: meanEmbedding(usable.map((photo) => photo.embedding)) });
   }
-  $('species-name').value = '';
+  state.speciesVersion += 1;
   renderSpecies();
   await reclassify();
 }
@@ -446,21 +602,33 @@ async function removeSpecies(species) {
   for (const photo of species.photos) {
     URL.revokeObjectURL(photo.url);
   }
-  renderSpecies();
+  state.speciesVersion += 1;
+  renderAll();
   await reclassify();
 }
 
-/** Classifies the current query again after the species or the backend changed. */
+/**
+ * Classifies the current query again after the species or the backend changed. With fewer than
+ * 2 species, `classify` clears the old result and shows a message with the reason.
+ */
 async function reclassify() {
-  if (state.query && state.model && activeSpecies().length >= 2) {
+  if (state.query && state.model) {
     await classify(state.query);
   }
+}
+
+/** Drops the query and its result, after a query photo was rejected. */
+function clearQuery() {
+  setQuery(null);
+  state.lastResult = null;
+  renderResult();
 }
 
 async function classifyFile(file) {
   const tooLarge = checkFileSize(file);
   if (tooLarge) {
     showMessage(tooLarge);
+    clearQuery();
     return;
   }
   let bytes;
@@ -468,6 +636,7 @@ async function classifyFile(file) {
     bytes = await file.arrayBuffer();
   } catch (error) {
     showMessage(`${file.name} could not be read: ${error.message}`);
+    clearQuery();
     return;
   }
   await classify({ name: file.name, bytes, url: null });
@@ -482,6 +651,7 @@ async function classify(query) {
     setQuery(query);
   }
   const species = activeSpecies();
+  const speciesVersion = state.speciesVersion;
   if (species.length < 2) {
     showMessage(`${query.name} is waiting: recognition needs at least 2 species and there ${species.length === 1 ? 'is 1' : `are ${species.length}`}. Add species or include the built-in ones.`);
     state.lastResult = null;
@@ -493,17 +663,15 @@ async function classify(query) {
   const prototypes = new Float32Array(species.length * dim);
   species.forEach((entry, index) => prototypes.set(entry.prototype, index * dim));
 
-  renderStatus(`Recognising ${query.name} on ${BACKEND_NAMES[state.backend]}…`);
   const backend = state.backend;
+  const status = `Recognising ${query.name} on ${BACKEND_NAMES[backend]}…`;
   const started = performance.now();
   let reply;
   try {
-    reply = await timePhoto(request, 'classify', { bytes: query.bytes, prototypes });
+    reply = await timePhoto(status, request, 'classify', { bytes: query.bytes, prototypes });
   } catch (error) {
     showMessage(`${query.name} could not be recognised: ${error.message}`);
-    setQuery(null);
-    state.lastResult = null;
-    renderResult();
+    clearQuery();
     return;
   }
   const ms = performance.now() - started;
@@ -521,7 +689,7 @@ async function classify(query) {
     .map((entry, index) => ({ name: entry.name, builtin: entry.builtin, score: reply.scores[index] }))
     .sort((a, b) => b.score - a.score);
   state.queries += 1;
-  state.lastResult = { query: query.name, backend, predicted: scores[0].name, scores, ms, cold };
+  state.lastResult = { query: query.name, backend, predicted: scores[0].name, scores, ms, cold, speciesVersion };
   renderResult();
 }
 
@@ -533,17 +701,27 @@ function setQuery(query) {
 }
 
 async function switchBackend(backend) {
-  if (backend === state.backend && state.model) {
-    return;
+  try {
+    if (backend === state.backend && state.model) {
+      return;
+    }
+    await loadModel(backend);
+    await reclassify();
+  } finally {
+    // A later choice in the menu keeps its own queued switch; otherwise the menu shows the loaded backend.
+    if (state.requestedBackend === backend) {
+      state.requestedBackend = null;
+    }
   }
-  await loadModel(backend);
-  await reclassify();
 }
 
-async function setBuiltin(on) {
+/** Handles the built-in checkbox: the species change now, and only the new classification waits. */
+function toggleBuiltin(on) {
   state.builtinOn = on;
+  state.speciesVersion += 1;
   renderSpecies();
-  await reclassify();
+  renderResult();
+  enqueue(on ? 'Including the built-in species…' : 'Leaving out the built-in species…', reclassify);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -563,34 +741,53 @@ function element(tag, className, text) {
 function renderBackend() {
   const label = $('backend-label');
   const adapter = $('adapter-label');
-  if (!state.backend) {
-    label.textContent = 'loading…';
-    adapter.textContent = '';
-  } else {
+  if (state.backend) {
     label.textContent = BACKEND_NAMES[state.backend];
     adapter.textContent = state.backend === 'webgpu' && state.adapter ? `adapter: ${state.adapter}` : '';
+  } else {
+    label.textContent = modelFailed() ? 'not loaded' : 'loading…';
+    adapter.textContent = '';
   }
+  // While a switch waits in the queue, the menu keeps showing the user's choice.
   const select = $('backend-select');
-  if (state.backend) {
-    select.value = state.backend;
+  const selected = state.requestedBackend || state.backend;
+  if (selected) {
+    select.value = selected;
   }
-  select.querySelector('option[value="webgpu"]').textContent = state.webgpuProblem
-    ? 'WebGPU (not available here)'
-    : 'WebGPU';
-  let note = '';
+  let webgpuOption = 'WebGPU';
   if (state.webgpuProblem) {
-    note = `WebGPU is not used: ${state.webgpuProblem}.`;
-  } else if (state.backend === 'cpu') {
-    note = 'This browser offers WebGPU too; choose it in the menu to run the model on the GPU.';
+    webgpuOption = 'WebGPU (not available here)';
+  } else if (state.adapterIsSoftware) {
+    webgpuOption = 'WebGPU (software adapter, slower)';
   }
-  $('backend-note').textContent = note;
+  select.querySelector('option[value="webgpu"]').textContent = webgpuOption;
+  $('backend-note').textContent = backendNote();
+}
+
+/** Returns the note under the backend menu: why WebGPU is not used, or what it offers. */
+function backendNote() {
+  if (state.webgpuProblem) {
+    return `WebGPU is not used: ${state.webgpuProblem}.`;
+  }
+  if (state.adapterIsSoftware && state.backend === 'cpu') {
+    return `WebGPU is available only as a software adapter (${state.adapterName}), which is slower than the CPU backend; choose WebGPU in the menu to use it anyway.`;
+  }
+  if (state.adapterIsSoftware && state.backend === 'webgpu') {
+    return `This WebGPU adapter (${state.adapterName}) runs on the CPU, so it is slower than the CPU backend.`;
+  }
+  if (state.backend === 'cpu') {
+    return 'This browser offers WebGPU too; choose it in the menu to run the model on the GPU.';
+  }
+  return '';
 }
 
 function renderSpecies() {
-  const model = state.model;
-  const builtinCount = model ? model.info.species.length : 0;
-  $('builtin-count').textContent = String(builtinCount);
-  $('builtin-row').hidden = model !== null && builtinCount === 0;
+  // The checkbox is shown once a bundle has been loaded, because its label needs the bundle's
+  // species count, and it is disabled while no model is loaded after a failure.
+  const builtinCount = state.builtinCount;
+  $('builtin-count').textContent = String(builtinCount ?? 0);
+  $('builtin-row').hidden = builtinCount === null || builtinCount === 0;
+  $('builtin-toggle').disabled = modelFailed();
   $('builtin-toggle').checked = state.builtinOn;
 
   const list = $('species-list');
@@ -608,12 +805,7 @@ function renderSpecies() {
     head.append(remove);
     const thumbs = element('div', 'thumbs');
     for (const photo of species.photos) {
-      const image = element('img', 'thumb');
-      image.src = photo.url;
-      image.alt = photo.name;
-      image.title = photo.name;
-      image.decoding = 'async';
-      thumbs.append(image);
+      thumbs.append(thumbnail(photo));
     }
     item.append(head, thumbs);
     list.append(item);
@@ -627,6 +819,28 @@ function renderSpecies() {
   }
   summary += active.length < 2 ? '. Recognition needs at least 2.' : '.';
   $('species-summary').textContent = summary;
+}
+
+/**
+ * Returns the thumbnail of a species photo. The model decodes formats that browsers cannot show
+ * (TIFF in most of them), so an image that fails to display becomes a box with the file name.
+ */
+function thumbnail(photo) {
+  const image = element('img', 'thumb');
+  image.alt = photo.name;
+  image.title = photo.name;
+  image.decoding = 'async';
+  image.addEventListener('error', () => image.replaceWith(previewPlaceholder('thumb', photo.name)), { once: true });
+  image.src = photo.url;
+  return image;
+}
+
+/** Returns a neutral box naming a photo whose format the browser cannot display. */
+function previewPlaceholder(className, name) {
+  const box = element('div', `${className} no-preview`);
+  box.title = `${name}: this browser cannot show this format, but the model has read it.`;
+  box.append(element('span', null, name));
+  return box;
 }
 
 function renderPending() {
@@ -651,13 +865,20 @@ function renderPending() {
 function renderResult() {
   const query = state.query;
   const preview = $('query-preview');
+  const placeholder = $('query-placeholder');
   if (query && query.url) {
-    preview.src = query.url;
+    // The error handler (set up in setUpInput) shows the placeholder when the format cannot be shown.
+    if (preview.getAttribute('src') !== query.url) {
+      preview.src = query.url;
+      preview.hidden = false;
+      placeholder.hidden = true;
+    }
     preview.alt = query.name;
-    preview.hidden = false;
+    placeholder.querySelector('span').textContent = query.name;
   } else {
     preview.removeAttribute('src');
     preview.hidden = true;
+    placeholder.hidden = true;
   }
   $('query-name').textContent = query ? query.name : 'No photo chosen yet.';
   $('classify-again').disabled = !query;
@@ -665,9 +886,20 @@ function renderResult() {
   const result = state.lastResult;
   const body = $('result-body');
   body.replaceChildren();
-  if (!result) {
+  const outOfDate = result !== null && result.speciesVersion !== state.speciesVersion;
+  // With a loaded model and fewer than 2 species, or without a model after a failed load, no new
+  // result can replace an old one, so the old one is hidden rather than marked.
+  const impossible = state.model ? activeSpecies().length < 2 : modelFailed();
+  body.classList.toggle('out-of-date', outOfDate);
+  if (!result || (outOfDate && impossible)) {
     body.append(element('p', 'placeholder', 'The prediction appears here.'));
   } else {
+    if (outOfDate) {
+      const next = state.running > 0
+        ? 'It is updated when the page is ready.'
+        : 'Choose "Classify again" to update it.';
+      body.append(element('p', 'stale', `Out of date: the species changed after this result. ${next}`));
+    }
     const top = result.scores[0];
     const headline = element('p', 'predicted');
     headline.append('Predicted: ', element('strong', null, result.predicted), ` (${(top.score * 100).toFixed(1)} %)`);
@@ -689,7 +921,14 @@ function renderResult() {
       'result-details',
       `${result.query} · ${BACKEND_NAMES[result.backend]} · ${formatMs(result.ms)} (${result.cold ? 'cold' : 'warm'}) · ${result.scores.length} species`,
     );
-    body.append(headline, list, details);
+    const note = element(
+      'p',
+      'score-note',
+      "Scores are the model's softmax over the distances to each species' prototype, not calibrated " +
+        'probabilities. The shipped network, a Conv4 trained on 25 bird species, is often confidently ' +
+        'wrong, so 100 % means the closest prototype by far, not certainty.',
+    );
+    body.append(headline, list, note, details);
   }
   renderLatency();
 }
@@ -698,6 +937,9 @@ function renderLatency() {
   const latency = state.latency;
   const warm = latency.warmMs;
   $('latency-backend').textContent = state.backend ? BACKEND_NAMES[state.backend] : '–';
+  $('latency-first-label').textContent = state.backend === 'webgpu'
+    ? 'First photo after loading (includes compiling the shaders)'
+    : 'First photo after loading';
   $('latency-first').textContent = formatMs(latency.firstMs);
   $('latency-cold').textContent = formatMs(latency.coldMs);
   $('latency-warm-last').textContent = formatMs(warm.length ? warm[warm.length - 1] : null);
@@ -785,13 +1027,37 @@ function setUpDropZone(zone, onFiles) {
   });
 }
 
-/** Returns the files of a paste, renamed when the clipboard gives them a generic name. */
+/**
+ * Names that browsers give to image data pasted without a file behind it, such as a screenshot
+ * (Chromium 156 names it "image.png"), rather than a real file name.
+ */
+const GENERIC_PASTE_NAME = /^(image|blob|untitled)?(\.[a-z0-9]+)?$/i;
+/** File name extensions for the image types that a paste can carry. */
+const EXTENSIONS = {
+  'image/jpeg': 'jpg',
+  'image/png': 'png',
+  'image/gif': 'gif',
+  'image/webp': 'webp',
+  'image/bmp': 'bmp',
+  'image/tiff': 'tif',
+  'image/avif': 'avif',
+  'image/svg+xml': 'svg',
+};
+
+/**
+ * Returns the files of a paste. A file with a real name keeps it. One with a generic name becomes
+ * pasted-image-N with the extension of its MIME type, so that photos from several pastes get
+ * distinct names.
+ */
 function pastedFiles(event) {
   const files = [...(event.clipboardData ? event.clipboardData.files : [])];
   return files.map((file) => {
+    if (!GENERIC_PASTE_NAME.test(file.name)) {
+      return file;
+    }
     state.pastedCount += 1;
-    const extension = (file.type.split('/')[1] || 'bin').replace('jpeg', 'jpg');
-    return new File([file], `pasted-image-${state.pastedCount}.${extension}`, { type: file.type });
+    const extension = EXTENSIONS[file.type] || 'bin';
+    return new File([file], `pasted-image-${state.pastedCount}.${extension}`, { type: file.type, lastModified: file.lastModified });
   });
 }
 
@@ -830,13 +1096,9 @@ function setUpInput() {
 
   $('species-form').addEventListener('submit', (event) => {
     event.preventDefault();
-    const name = $('species-name').value.trim();
-    enqueue(`Adding ${name || 'a species'}…`, addSpecies);
+    submitSpecies();
   });
-  $('builtin-toggle').addEventListener('change', (event) => {
-    const on = event.target.checked;
-    enqueue(on ? 'Including the built-in species…' : 'Leaving out the built-in species…', () => setBuiltin(on));
-  });
+  $('builtin-toggle').addEventListener('change', (event) => toggleBuiltin(event.target.checked));
   $('classify-again').addEventListener('click', () => {
     const query = state.query;
     if (query) {
@@ -845,9 +1107,17 @@ function setUpInput() {
   });
   $('backend-select').addEventListener('change', (event) => {
     const backend = event.target.value;
+    state.requestedBackend = backend;
     enqueue(`Switching to ${BACKEND_NAMES[backend]}…`, () => switchBackend(backend));
   });
   $('message-dismiss').addEventListener('click', clearMessages);
+  $('query-preview').addEventListener('error', () => {
+    // Set only while a query is shown: the browser cannot display this format (TIFF, mostly).
+    if ($('query-preview').getAttribute('src')) {
+      $('query-preview').hidden = true;
+      $('query-placeholder').hidden = false;
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -869,7 +1139,11 @@ window.demo = {
   },
   get lastResult() {
     const result = state.lastResult;
-    return result ? { ...result, scores: result.scores.map(({ name, score }) => ({ name, score })) } : null;
+    if (!result) {
+      return null;
+    }
+    const scores = result.scores.map(({ name, score }) => ({ name, score }));
+    return { ...result, scores, outOfDate: result.speciesVersion !== state.speciesVersion };
   },
   get latency() {
     return { coldMs: state.latency.coldMs, warmMs: [...state.latency.warmMs], firstMs: state.latency.firstMs };
@@ -891,7 +1165,9 @@ async function start() {
   const requested = new URLSearchParams(window.location.search).get('backend') || null;
   enqueue('Starting…', async () => {
     state.webgpuProblem = await probeWebGpu();
-    let backend = state.webgpuProblem ? 'cpu' : 'webgpu';
+    // A software adapter runs WebGPU on the CPU, so it is used only on request: with Chromium 156's
+    // SwiftShader, web/tests/browser.mjs measured a warm query at about 13 times the CPU backend's time.
+    let backend = state.webgpuProblem || state.adapterIsSoftware ? 'cpu' : 'webgpu';
     if (requested === 'cpu' || requested === 'webgpu') {
       backend = requested;
     } else if (requested !== null) {

@@ -6,10 +6,12 @@
 //   request  {id, op: "load", backend}                 -> {info, manifest, builtin, maxPixels}
 //   request  {id, op: "embed", bytes}                  -> {embedding}
 //   request  {id, op: "classify", bytes, prototypes}   -> {embedding, scores}
-//   reply    {id, ok: true, result} or {id, ok: false, error, fatal}
+//   reply    {id, ok: true, result} or {id, ok: false, error, fatal, filesError}
 //   progress {id, progress: text} while a load downloads the bundle
 // `fatal: true` means the WebAssembly instance is unusable (a Rust panic or a trap), so the page
-// must terminate this worker and start a new one. Requests run one at a time, in arrival order,
+// must terminate this worker and start a new one. `filesError: true` means a served file is
+// missing or broken (a model download failed, or the WebAssembly module could not start), so
+// loading on another backend cannot help. Requests run one at a time, in arrival order,
 // because the module keeps a single model and its asynchronous calls must not interleave.
 
 import init, { load, embed, scores, builtinPrototypes, maxPixels } from './pkg/metairnet_web.js';
@@ -31,6 +33,9 @@ console.error = (...args) => {
   }
   consoleError(...args);
 };
+
+/** An error caused by the served files rather than by the backend. */
+class FilesError extends Error {}
 
 // Set once the instance has trapped; every later request fails fast with the same reason.
 let brokenReason = null;
@@ -63,7 +68,7 @@ function fail(id, error) {
     return;
   }
   const text = error && error.message ? error.message : String(error);
-  self.postMessage({ id, ok: false, error: text, fatal: false });
+  self.postMessage({ id, ok: false, error: text, fatal: false, filesError: error instanceof FilesError });
 }
 
 // A trap inside a future that wasm-bindgen polls from a microtask surfaces here instead of
@@ -94,10 +99,10 @@ async function download(url, id, label) {
   try {
     response = await fetch(url);
   } catch (error) {
-    throw new Error(`downloading ${label} failed (${error.message}); check that the server is running`);
+    throw new FilesError(`downloading ${label} failed (${error.message}); check that the server is running`);
   }
   if (!response.ok) {
-    throw new Error(`downloading ${label} failed: HTTP ${response.status} for ${url.pathname}`);
+    throw new FilesError(`downloading ${label} failed: HTTP ${response.status} for ${url.pathname}`);
   }
   // With a Content-Encoding such as gzip, Content-Length counts compressed bytes while the body
   // yields decompressed ones, so progress is only shown for uncompressed responses.
@@ -118,7 +123,7 @@ async function download(url, id, label) {
       break;
     }
     if (received + value.length > total) {
-      throw new Error(`downloading ${label} failed: the server sent more than its ${total}-byte Content-Length`);
+      throw new FilesError(`downloading ${label} failed: the server sent more than its ${total}-byte Content-Length`);
     }
     bytes.set(value, received);
     received += value.length;
@@ -129,7 +134,7 @@ async function download(url, id, label) {
     }
   }
   if (received !== total) {
-    throw new Error(`downloading ${label} failed: got ${received} of ${total} bytes`);
+    throw new FilesError(`downloading ${label} failed: got ${received} of ${total} bytes`);
   }
   return bytes;
 }
@@ -175,7 +180,7 @@ async function handle(message) {
   currentId = id;
   try {
     await moduleReady.catch((error) => {
-      throw new Error(`the WebAssembly module could not be started (${error.message}); check that pkg/ was built and is served`);
+      throw new FilesError(`the WebAssembly module could not be started (${error.message}); check that pkg/ was built and is served`);
     });
     let result;
     if (op === 'load') {
