@@ -925,8 +925,8 @@ function renderResult() {
       'p',
       'score-note',
       "Scores are the model's softmax over the distances to each species' prototype, not calibrated " +
-        'probabilities. The shipped network, a Conv4 trained on 25 bird species, is often confidently ' +
-        'wrong, so 100 % means the closest prototype by far, not certainty.',
+        'probabilities. A small network such as the shipped Conv4 is often confidently wrong, so ' +
+        '100 % means the closest prototype by far, not certainty.',
     );
     body.append(headline, list, note, details);
   }
