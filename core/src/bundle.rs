@@ -27,7 +27,7 @@ pub const PROTOTYPES_FILE: &str = "prototypes.f32";
 /// The manifest layout this build writes and reads.
 pub const BUNDLE_FORMAT: u32 = 1;
 
-/// What a bundle holds and where it came from.
+/// The contents and provenance of a bundle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BundleManifest {
     /// Layout version, [`BUNDLE_FORMAT`].
@@ -42,7 +42,7 @@ pub struct BundleManifest {
     pub prototypes_fnv64: String,
     /// The built-in species, in the order of their prototypes.
     pub species: Vec<BundleSpecies>,
-    /// How the bundle was made.
+    /// The run, commits and data that produced the bundle.
     pub source: BundleSource,
     /// The run's test accuracy, when it had been evaluated before the export.
     pub accuracy: Option<BundleAccuracy>,
@@ -74,7 +74,7 @@ pub struct BundleSource {
     pub exported_by: String,
     /// The dataset whose photos gave the prototypes, as given to the exporter.
     pub data: String,
-    /// Which photos of each species gave its prototype.
+    /// The choice of photos that gave each species its prototype.
     pub prototype_photos: String,
 }
 
@@ -117,7 +117,9 @@ pub enum BundleError {
         dim: usize,
         expected: usize,
     },
-    #[error("the manifest's embedding_dim {found} is not the {expected} of a {backbone} at {side}x{side}")]
+    #[error(
+        "the manifest's embedding_dim {found} is not the {expected} of a {backbone} at {side}x{side}"
+    )]
     EmbeddingDim {
         found: usize,
         expected: usize,
@@ -161,7 +163,11 @@ impl BundleManifest {
     ///
     /// # Errors
     /// Bytes that do not match the manifest's hash, or weights of another network.
-    pub fn load_backbone(&self, weights: Vec<u8>, device: &Device) -> Result<Backbone, BundleError> {
+    pub fn load_backbone(
+        &self,
+        weights: Vec<u8>,
+        device: &Device,
+    ) -> Result<Backbone, BundleError> {
         check_hash(WEIGHTS_FILE, &weights, &self.weights_fnv64)?;
         let mut backbone = self.backbone.init(device);
         let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(weights)));
@@ -228,7 +234,7 @@ fn check_hash(file: &'static str, bytes: &[u8], expected: &str) -> Result<(), Bu
 /// Returns the softmax over prototypes of minus the squared Euclidean distance between `query`
 /// and each prototype: the ProtoNet class probabilities.
 ///
-/// `prototypes` holds `prototypes.len() / query.len()` rows of `query.len()` values.
+/// `prototypes` contains `prototypes.len() / query.len()` rows of `query.len()` values.
 ///
 /// # Panics
 /// When `prototypes` is not a whole number of rows.
@@ -301,7 +307,8 @@ mod tests {
         }
         // Large distances do not underflow to NaN.
         let far = prototype_scores(&[0.0], &[1000.0, 1001.0]);
-        assert!((far[0] - 1.0).abs() < 1e-6 && far[1] >= 0.0, "{far:?}");
+        assert!((far[0] - 1.0).abs() < 1e-6, "{far:?}");
+        assert!(far[1] >= 0.0, "{far:?}");
     }
 
     #[test]
@@ -342,12 +349,30 @@ mod tests {
         let mut cut = weights.clone();
         cut.truncate(cut.len() / 2);
         let error = good.load_backbone(cut, &device).unwrap_err();
-        assert!(matches!(error, BundleError::Checksum { file: WEIGHTS_FILE, .. }), "{error}");
+        assert!(
+            matches!(
+                error,
+                BundleError::Checksum {
+                    file: WEIGHTS_FILE,
+                    ..
+                }
+            ),
+            "{error}"
+        );
 
         let mut two = good.clone();
         two.species.push(good.species[0].clone());
         let error = two.read_prototypes(&prototypes).unwrap_err();
-        assert!(matches!(error, BundleError::PrototypeSize { expected: 12800, .. }), "{error}");
+        assert!(
+            matches!(
+                error,
+                BundleError::PrototypeSize {
+                    expected: 12800,
+                    ..
+                }
+            ),
+            "{error}"
+        );
 
         let mut resnet = manifest(&weights, &prototypes, 1);
         resnet.backbone = BackboneKind::Resnet18;

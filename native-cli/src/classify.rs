@@ -3,8 +3,8 @@
 use crate::common::{DeviceArgs, checkpoint_dir, open_run};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use image::RgbImage;
 use burn::prelude::{Tensor, TensorData};
+use image::RgbImage;
 use metairnet::bundle::{BundleManifest, MANIFEST_FILE, PROTOTYPES_FILE, WEIGHTS_FILE};
 use metairnet::classify::{class_prototypes, classify_photos};
 use metairnet::data::{DataError, Dataset, ImageSize, display_class_name, load_photo};
@@ -93,7 +93,7 @@ fn read_photo(path: &Path, role: &str, size: ImageSize) -> Result<RgbImage> {
     }
 }
 
-/// Where the backbone comes from.
+/// The source of the backbone: a run's checkpoint or a bundle.
 enum ModelSource {
     Run {
         config: Box<metairnet::train::TrainConfig>,
@@ -247,19 +247,19 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
             let key = |name: &str| name.trim().to_lowercase();
             let replaced: HashSet<String> = species.iter().map(|s| key(&s.class)).collect();
             let dim = manifest.embedding_dim;
-            let mut kept = Vec::new();
+            let mut builtin_values = Vec::new();
             for (entry, row) in manifest.species.iter().zip(values.chunks_exact(dim)) {
                 if replaced.contains(&key(&entry.name)) {
                     continue;
                 }
-                kept.extend_from_slice(row);
+                builtin_values.extend_from_slice(row);
                 species.push(Species {
                     class: entry.class.clone(),
                     name: entry.name.clone(),
                     builtin: true,
                 });
             }
-            Some((kept.len() / dim, kept, dim))
+            Some((builtin_values, dim))
         }
         _ => None,
     };
@@ -283,9 +283,15 @@ pub fn run(args: ClassifyArgs, _quiet: bool) -> Result<()> {
     let model = source.backbone(&selected.device)?;
     let mut parts = Vec::new();
     if !class_photos.is_empty() {
-        parts.push(class_prototypes(&model, &class_photos, size, &selected.device));
+        parts.push(class_prototypes(
+            &model,
+            &class_photos,
+            size,
+            &selected.device,
+        ));
     }
-    if let Some((count, values, dim)) = builtin.filter(|(count, _, _)| *count > 0) {
+    if let Some((values, dim)) = builtin.filter(|(values, _)| !values.is_empty()) {
+        let count = values.len() / dim;
         parts.push(Tensor::<2>::from_data(
             TensorData::new(values, [count, dim]),
             &selected.device,

@@ -11,10 +11,10 @@ use metairnet::bundle::{
     PROTOTYPES_FILE, WEIGHTS_FILE, prototype_bytes,
 };
 use metairnet::classify::embed_photos;
-use metairnet::data::{Dataset, display_class_name, load_photo};
+use metairnet::data::{Dataset, Split, display_class_name, load_photo, write_atomically};
 use metairnet::hash::fnv64_hex;
-use metairnet::train::{Progress, load_model};
-use std::collections::{BTreeMap, HashSet};
+use metairnet::model::SupportAugment;
+use metairnet::train::{EvalSummary, Progress, load_model};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -62,7 +62,7 @@ pub fn run(args: ExportWebArgs, quiet: bool) -> Result<()> {
     let (epoch, checkpoint) = checkpoint_dir(&run, args.last)?;
     let dataset = Dataset::open(&args.data)
         .with_context(|| format!("cannot read the dataset {}", args.data.display()))?;
-    let (photos, which) = prototype_photos(&dataset, args.prototype_photos)?;
+    let (photos, description) = prototype_photos(&dataset, args.prototype_photos)?;
     if args.out.is_file() {
         bail!(
             "--out {} is a file; pass a folder for the bundle",
@@ -78,14 +78,18 @@ pub fn run(args: ExportWebArgs, quiet: bool) -> Result<()> {
     let bars = Bars::new(quiet);
     let total: usize = photos.iter().map(Vec::len).sum();
     bars.begin("prototypes", total as u64);
-    let mut prototypes = Vec::with_capacity(dataset.classes.len() * backbone_dim(&config));
+    let mut prototypes = Vec::new();
     let mut species = Vec::new();
     for (class, paths) in dataset.classes.iter().zip(&photos) {
         let images = paths
             .iter()
             .map(|path| {
                 load_photo(path, size).with_context(|| {
-                    format!("cannot use photo {} of species {}", path.display(), class.name)
+                    format!(
+                        "cannot use photo {} of species {}",
+                        path.display(),
+                        class.name
+                    )
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -133,7 +137,7 @@ pub fn run(args: ExportWebArgs, quiet: bool) -> Result<()> {
             trained_by: info.git_commit.clone(),
             exported_by: metairnet::GIT_COMMIT.to_string(),
             data: args.data.display().to_string(),
-            prototype_photos: which,
+            prototype_photos: description,
         },
         accuracy: recorded_accuracy(&run.eval_dir(), epoch),
     };
@@ -157,7 +161,9 @@ pub fn run(args: ExportWebArgs, quiet: bool) -> Result<()> {
         (PROTOTYPES_FILE, prototype_file.as_slice()),
         (MANIFEST_FILE, manifest_text.as_bytes()),
     ] {
-        write_replacing(&args.out.join(name), bytes)?;
+        let path = args.out.join(name);
+        write_atomically(&path, bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     println!(
         "wrote {} ({} species, {} backbone at {}x{}, weights {:.1} KiB, prototypes {:.1} KiB)",
@@ -172,138 +178,68 @@ pub fn run(args: ExportWebArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn backbone_dim(config: &metairnet::train::TrainConfig) -> usize {
-    config
-        .model
-        .backbone
-        .embedding_dim(config.model.image_size.pixels() as usize)
-}
-
 fn checkpoint_name(dir: &Path) -> String {
     dir.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
-/// Writes a file through a temporary name, so that an interrupted export leaves the old file.
-fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes)
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// Chooses each species' prototype photos and describes the choice for the manifest.
 fn prototype_photos(
     dataset: &Dataset,
-    which: PrototypePhotos,
+    choice: PrototypePhotos,
 ) -> Result<(Vec<Vec<PathBuf>>, String)> {
-    let all: Vec<Vec<PathBuf>> = dataset.classes.iter().map(|c| c.images.clone()).collect();
-    if which == PrototypePhotos::All {
+    if choice == PrototypePhotos::All {
+        let all = dataset.classes.iter().map(|c| c.images.clone()).collect();
         return Ok((all, "every photo of the species".to_string()));
     }
-    let cub_dir = dataset.root.parent().unwrap_or(&dataset.root);
-    let split_path = cub_dir.join("train_test_split.txt");
-    if !cub_dir.join("images.txt").is_file() {
+    let training = dataset
+        .official_training_photos()
+        .context("--prototype-photos train reads CUB's train_test_split.txt; pass --prototype-photos all to use every photo")?;
+    let Some(training) = training else {
         bail!(
             "--prototype-photos train needs a CUB_200_2011 folder with images.txt and train_test_split.txt, but {} has one subfolder of photos per species; pass --prototype-photos all to use every photo",
             dataset.root.display()
         );
-    }
-    if !split_path.is_file() {
+    };
+    if let Some(class) = training.classes.iter().find(|c| c.images.is_empty()) {
         bail!(
-            "--prototype-photos train needs {}, which is missing; pass --prototype-photos all to use every photo",
-            split_path.display()
+            "species {} has no photo marked as a training photo in train_test_split.txt; pass --prototype-photos all",
+            class.name
         );
     }
-    let images = read_pairs(&cub_dir.join("images.txt"))?;
-    let flags = read_pairs(&split_path)?;
-    let training: HashSet<PathBuf> = images
-        .iter()
-        .filter(|(id, _)| flags.get(*id).map(String::as_str) == Some("1"))
-        .map(|(_, relative)| dataset.root.join(relative))
-        .collect();
-    let chosen: Vec<Vec<PathBuf>> = all
-        .into_iter()
-        .map(|paths| paths.into_iter().filter(|p| training.contains(p)).collect())
-        .collect();
-    if let Some((class, _)) = dataset
-        .classes
-        .iter()
-        .zip(&chosen)
-        .find(|(_, paths)| paths.is_empty())
-    {
-        bail!(
-            "species {} has no training photo in {}; pass --prototype-photos all",
-            class.name,
-            split_path.display()
-        );
-    }
+    let chosen = training.classes.into_iter().map(|c| c.images).collect();
     Ok((
         chosen,
         "the photos marked as training photos in train_test_split.txt".to_string(),
     ))
 }
 
-/// Reads a CUB metadata file of `id value` lines.
-fn read_pairs(path: &Path) -> Result<BTreeMap<String, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut pairs = BTreeMap::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let Some((id, value)) = line.split_once(' ') else {
-            bail!(
-                "{} line {}: expected `id value`, found {line:?}",
-                path.display(),
-                number + 1
-            );
-        };
-        pairs.insert(id.to_string(), value.trim().to_string());
-    }
-    Ok(pairs)
-}
-
-/// Finds the newest `metairnet eval` result of `epoch` on novel classes, 5-way 1-shot.
+/// Finds the newest `metairnet eval` result of `epoch` on novel classes, 5-way 1-shot, with the
+/// support photos alone. Files that are not evaluation results are passed over.
 fn recorded_accuracy(eval_dir: &Path, epoch: usize) -> Option<BundleAccuracy> {
-    let mut best: Option<(u64, BundleAccuracy)> = None;
-    for entry in std::fs::read_dir(eval_dir).ok()?.flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        let number = |key: &str| value.get(key).and_then(serde_json::Value::as_f64);
-        let plain_support = value
-            .get("support_augment")
-            .and_then(serde_json::Value::as_str)
-            .is_none_or(|kind| kind == "none");
-        let matches = number("checkpoint_epoch") == Some(epoch as f64)
-            && value.get("split").and_then(serde_json::Value::as_str) == Some("novel")
-            && number("n_way") == Some(5.0)
-            && number("n_shot") == Some(1.0)
-            && plain_support;
-        if !matches {
-            continue;
-        }
-        let accuracy = BundleAccuracy {
-            accuracy: number("accuracy")?,
-            ci95: number("ci95")?,
-            episodes: number("episodes")? as usize,
-            split: "novel".to_string(),
-            n_way: 5,
-            n_shot: 1,
-            n_query: number("n_query")? as usize,
-            seed: number("seed")? as u64,
-        };
-        let time = number("unix_time").unwrap_or(0.0) as u64;
-        if best.as_ref().is_none_or(|(t, _)| time >= *t) {
-            best = Some((time, accuracy));
-        }
-    }
-    best.map(|(_, accuracy)| accuracy)
+    let summaries = std::fs::read_dir(eval_dir)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter_map(|text| serde_json::from_str::<EvalSummary>(&text).ok());
+    let newest = summaries
+        .filter(|summary| {
+            summary.checkpoint_epoch == epoch
+                && summary.split == Split::Novel
+                && summary.n_way == 5
+                && summary.n_shot == 1
+                && summary.support_augment == SupportAugment::None
+        })
+        .max_by_key(|summary| summary.unix_time)?;
+    Some(BundleAccuracy {
+        accuracy: newest.accuracy,
+        ci95: newest.ci95,
+        episodes: newest.episodes,
+        split: "novel".to_string(),
+        n_way: newest.n_way,
+        n_shot: newest.n_shot,
+        n_query: newest.n_query,
+        seed: newest.seed,
+    })
 }

@@ -61,6 +61,15 @@ fn read_lines(path: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Lists the photos of the class folder whose name starts with `prefix`, sorted.
+/// Runs `classify --json` on the CPU with `args` for one query photo and returns its result.
+fn classify_json(args: &[&str]) -> serde_json::Value {
+    let mut full = vec!["classify", "--device", "cpu", "--json"];
+    full.extend_from_slice(args);
+    let output = run(&full);
+    assert!(output.status.success(), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
 fn class_photos(prefix: &str) -> Vec<PathBuf> {
     let images = cub50().join("CUB_200_2011/images");
     let folder = std::fs::read_dir(&images)
@@ -225,30 +234,28 @@ fn train_eval_classify_on_cub50() {
     let output = export("all");
     assert!(output.status.success(), "{}", text(&output));
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(bundle.join("model.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("model.json")).unwrap()).unwrap();
     assert_eq!(manifest["species"].as_array().unwrap().len(), 4);
     assert_eq!(manifest["species"][0]["photos"], 2);
     assert_eq!(manifest["embedding_dim"], 1600);
     assert_eq!(manifest["accuracy"]["episodes"], 6, "{manifest}");
     assert_eq!(
-        std::fs::metadata(bundle.join("prototypes.f32")).unwrap().len(),
+        std::fs::metadata(bundle.join("prototypes.f32"))
+            .unwrap()
+            .len(),
         4 * 1600 * 4
     );
-    let output = run(&[
-        "classify",
-        "--device",
-        "cpu",
+    let bundle_arg = bundle.to_str().unwrap();
+    let support_arg = support.to_str().unwrap();
+    let query_arg = query.to_str().unwrap();
+    let from_bundle = classify_json(&[
         "--bundle",
-        bundle.to_str().unwrap(),
+        bundle_arg,
         "--support",
-        support.to_str().unwrap(),
+        support_arg,
         "--query",
-        query.to_str().unwrap(),
-        "--json",
+        query_arg,
     ]);
-    assert!(output.status.success(), "{}", text(&output));
-    let from_bundle: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(from_bundle["predicted"], result["predicted"]);
     for (a, b) in scores.iter().zip(from_bundle["scores"].as_array().unwrap()) {
         assert_eq!(a["class"], b["class"]);
@@ -257,36 +264,22 @@ fn train_eval_classify_on_cub50() {
     }
     // Without --support, the bundle's own species are scored; --builtin adds them to the
     // support species.
-    let output = run(&[
-        "classify",
-        "--device",
-        "cpu",
-        "--bundle",
-        bundle.to_str().unwrap(),
-        "--query",
-        query.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(output.status.success(), "{}", text(&output));
-    let builtin: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let builtin = classify_json(&["--bundle", bundle_arg, "--query", query_arg]);
     let builtin_scores = builtin["scores"].as_array().unwrap();
     assert_eq!(builtin_scores.len(), 4);
-    assert!(builtin_scores.iter().all(|s| s["builtin"] == true), "{builtin}");
-    let output = run(&[
-        "classify",
-        "--device",
-        "cpu",
+    assert!(
+        builtin_scores.iter().all(|s| s["builtin"] == true),
+        "{builtin}"
+    );
+    let both = classify_json(&[
         "--bundle",
-        bundle.to_str().unwrap(),
+        bundle_arg,
         "--support",
-        support.to_str().unwrap(),
+        support_arg,
         "--builtin",
         "--query",
-        query.to_str().unwrap(),
-        "--json",
+        query_arg,
     ]);
-    assert!(output.status.success(), "{}", text(&output));
-    let both: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let both_scores = both["scores"].as_array().unwrap();
     assert_eq!(both_scores.len(), 7);
     let builtin_count = both_scores.iter().filter(|s| s["builtin"] == true).count();
@@ -864,11 +857,20 @@ classifier = "softmax"
     let first = table(&["--rows", "2"]);
     assert!(first.status.success(), "{}", text(&first));
     let markdown = std::fs::read_to_string(out.join("table.md")).unwrap();
-    assert!(markdown.contains("| ProtoNet | conv4 | protonet |"), "{markdown}");
-    assert!(markdown.contains("| MetaIRNet | conv4 | metairnet |"), "{markdown}");
+    assert!(
+        markdown.contains("| ProtoNet | conv4 | protonet |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| MetaIRNet | conv4 | metairnet |"),
+        "{markdown}"
+    );
     assert!(markdown.contains("not run yet"), "{markdown}");
     let stage_two = std::fs::read_to_string(out.join("runs/metairnet/config.toml")).unwrap();
-    assert!(stage_two.contains("runs/protonet"), "two-stage start: {stage_two}");
+    assert!(
+        stage_two.contains("runs/protonet"),
+        "two-stage start: {stage_two}"
+    );
     let metrics = read_lines(&out.join("runs/metairnet/metrics.jsonl"));
     assert!(
         metrics[0]["fusion_weight_mean"].is_f64(),
@@ -895,7 +897,10 @@ classifier = "softmax"
     let markdown = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert!(!markdown.contains("not run yet"), "{markdown}");
     assert!(markdown.contains("1 x flip"), "{markdown}");
-    assert!(markdown.contains("softmax on frozen embeddings"), "{markdown}");
+    assert!(
+        markdown.contains("softmax on frozen embeddings"),
+        "{markdown}"
+    );
     assert!(out.join("runs/supervised/metrics.jsonl").is_file());
 
     // A changed recipe in the same folder is refused.

@@ -1,7 +1,7 @@
 //! The WebAssembly module of the browser demo.
 //!
-//! It runs in a Web Worker, so decoding photos and running the network never block the page.
-//! The worker holds one model at a time, on one backend:
+//! It runs in a Web Worker, so decoding photos and running the network do not block the page.
+//! The worker keeps one model at a time, on one backend:
 //! - `webgpu`: Burn's wgpu backend on the browser's WebGPU adapter;
 //! - `cpu`: Burn's flex backend, compiled to WebAssembly.
 //!
@@ -20,7 +20,7 @@
 #![cfg(target_arch = "wasm32")]
 
 use burn::prelude::*;
-use metairnet::bundle::{BundleManifest, prototype_scores};
+use metairnet::bundle::{BundleManifest, BundleSpecies, prototype_scores};
 use metairnet::classify::embed_photos;
 use metairnet::data::{crop_for_model, decode_image_within};
 use metairnet::model::Backbone;
@@ -47,22 +47,15 @@ thread_local! {
     static WEBGPU: RefCell<Option<Device>> = const { RefCell::new(None) };
 }
 
-/// What `load` reports.
+/// The description that `load` returns.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct LoadInfo {
+struct LoadInfo<'a> {
     backend: &'static str,
     backbone: String,
     image_size: u32,
     embedding_dim: usize,
-    species: Vec<SpeciesInfo>,
-}
-
-#[derive(Serialize)]
-struct SpeciesInfo {
-    class: String,
-    name: String,
-    photos: usize,
+    species: &'a [BundleSpecies],
 }
 
 #[wasm_bindgen(start)]
@@ -109,7 +102,8 @@ pub async fn load(
     weights: Vec<u8>,
     prototypes: Vec<u8>,
 ) -> Result<String, JsError> {
-    let manifest = BundleManifest::from_json(&manifest).map_err(|e| JsError::new(&e.to_string()))?;
+    let manifest =
+        BundleManifest::from_json(&manifest).map_err(|e| JsError::new(&e.to_string()))?;
     let prototypes = manifest
         .read_prototypes(&prototypes)
         .map_err(|e| JsError::new(&e.to_string()))?;
@@ -122,16 +116,9 @@ pub async fn load(
         backbone: manifest.backbone.to_string(),
         image_size: manifest.image_size.pixels(),
         embedding_dim: manifest.embedding_dim,
-        species: manifest
-            .species
-            .iter()
-            .map(|s| SpeciesInfo {
-                class: s.class.clone(),
-                name: s.name.clone(),
-                photos: s.photos,
-            })
-            .collect(),
+        species: &manifest.species,
     };
+    let text = serde_json::to_string(&info).expect("plain data serialises");
     MODEL.with(|cell| {
         *cell.borrow_mut() = Some(Rc::new(Loaded {
             manifest,
@@ -140,7 +127,7 @@ pub async fn load(
             prototypes,
         }))
     });
-    Ok(serde_json::to_string(&info).expect("plain data serialises"))
+    Ok(text)
 }
 
 fn loaded() -> Result<Rc<Loaded>, JsError> {
@@ -154,7 +141,8 @@ fn loaded() -> Result<Rc<Loaded>, JsError> {
 #[wasm_bindgen]
 pub async fn embed(photo: Vec<u8>) -> Result<Vec<f32>, JsError> {
     let model = loaded()?;
-    let image = decode_image_within(&photo, MAX_PIXELS).map_err(|e| JsError::new(&e.to_string()))?;
+    let image =
+        decode_image_within(&photo, MAX_PIXELS).map_err(|e| JsError::new(&e.to_string()))?;
     drop(photo);
     let cropped = crop_for_model(&image, model.manifest.image_size);
     drop(image);

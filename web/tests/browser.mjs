@@ -24,7 +24,7 @@ const LOAD_TIMEOUT_MS = 10 * 60 * 1000;
 const REPEAT_TOLERANCE = 1e-4;
 /** Period of the main-thread timer that checks that the page stays responsive. */
 const TIMER_MS = 50;
-/** Longest gap between two ticks of that timer, with room for a loaded CI machine. */
+/** Maximum gap between two ticks of that timer, with room for a loaded CI machine. */
 const MAX_MAIN_THREAD_GAP_MS = 1000;
 
 const MIME_TYPES = {
@@ -319,7 +319,7 @@ async function runBackendChecks(page, baseUrl, backend, options, support, builti
   check(state.species.length === builtinNames.length, `the page starts with ${state.species.length} species, expected the ${builtinNames.length} built-in ones`);
 
   // From here on, a timer on the main thread records its longest gap: decoding and inference run
-  // in the worker, so the page must keep answering while photos are embedded.
+  // in the worker, so the page must stay responsive while photos are embedded.
   await page.evaluate((timerMs) => {
     const gap = { maxMs: 0, last: performance.now() };
     window.mainThreadGap = gap;

@@ -5,7 +5,7 @@
 //! `image_class_labels.txt` are present, they define the classes and images. Without them,
 //! every subfolder of `images/` (or of the folder itself) that contains image files is a class.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -322,6 +322,45 @@ impl Dataset {
             root: self.root.clone(),
             classes,
         }
+    }
+
+    /// Returns the same classes with only the photos that CUB's `train_test_split.txt` marks as
+    /// training photos, or `None` for a folder without CUB metadata (one subfolder per class).
+    ///
+    /// # Errors
+    /// A missing or malformed `images.txt` or `train_test_split.txt`.
+    pub fn official_training_photos(&self) -> Result<Option<Dataset>, DataError> {
+        let Some(cub_dir) = self
+            .root
+            .parent()
+            .filter(|dir| dir.join("images.txt").is_file())
+        else {
+            return Ok(None);
+        };
+        let images = read_id_value_file(&cub_dir.join("images.txt"))?;
+        let flags = read_id_value_file(&cub_dir.join("train_test_split.txt"))?;
+        let training: HashSet<PathBuf> = images
+            .iter()
+            .filter(|(id, _)| flags.get(id).map(String::as_str) == Some("1"))
+            .map(|(_, relative)| self.root.join(relative))
+            .collect();
+        let classes = self
+            .classes
+            .iter()
+            .map(|class| ClassEntry {
+                name: class.name.clone(),
+                images: class
+                    .images
+                    .iter()
+                    .filter(|path| training.contains(*path))
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        Ok(Some(Dataset {
+            root: self.root.clone(),
+            classes,
+        }))
     }
 
     /// Returns the number of images over all classes.

@@ -17,5 +17,5 @@ pub use preprocess::{
     load_photo, resize_and_center_crop, write_normalized_chw,
 };
 #[cfg(feature = "train")]
-pub(crate) use store::write_atomically;
+pub use store::write_atomically;
 pub use store::{ImageStore, LoadOptions, LoadReport, SkippedImage};

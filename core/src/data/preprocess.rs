@@ -95,7 +95,7 @@ pub enum PreprocessError {
 }
 
 /// Decodes an image file's bytes, of any colour mode, into RGB, turned upright as its EXIF
-/// orientation tag says.
+/// orientation tag indicates.
 ///
 /// # Errors
 /// Empty input, an unknown format, a truncated JPEG, a photo over [`MAX_IMAGE_SIDE`] and any

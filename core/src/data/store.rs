@@ -334,7 +334,7 @@ fn write_cache(
 
 /// Writes `bytes` to a temporary file beside `path`, flushes it to disk and renames it over
 /// `path`.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

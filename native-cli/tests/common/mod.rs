@@ -62,4 +62,3 @@ pub fn small_dataset(root: &Path, classes: usize, per_class: usize) {
         }
     }
 }
-
